@@ -1,0 +1,1 @@
+"""Repository root: marks the rootdir, so that `fixtures` (the zoo) imports in every run."""

@@ -1,0 +1,112 @@
+"""What every backend provides: ``missing``, ``build``, ``load``, and a session that runs."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from perfgate.cache import ArtifactCache
+from perfgate.data import ModelData
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """Everything a backend needs to turn a (transformed) torch model into a runnable artifact."""
+
+    case_id: str
+    model: Any  # torch.nn.Module in eval mode, after the technique's model transform
+    model_key: str  # hash of the model's architecture and weights
+    lowering: str  # the numeric lowering the technique asks of the backend
+    options: dict[str, Any]
+    data: ModelData
+    batch_size: int
+    cache: ArtifactCache
+
+
+@dataclass
+class Artifact:
+    """A built model: where it lies on disk, what it cost, and the in-memory object if any."""
+
+    path: Path | None
+    size_bytes: int
+    build_s: float
+    cached: bool
+    payload: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Thread settings of a session; ``None`` keeps the library's default."""
+
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = None
+
+
+class Session(Protocol):
+    """A loaded model. ``bind`` once, then ``run`` is what the timing loop calls."""
+
+    settings: dict[str, Any]
+    needs_sync: bool
+
+    def bind(self, inputs: np.ndarray) -> None: ...
+    def run(self) -> None: ...
+    def output(self) -> np.ndarray: ...
+    def synchronize(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Backend:
+    """Base of every backend; a subclass sets the class attributes and the three verbs."""
+
+    name: ClassVar[str]
+    device: ClassVar[str] = "cpu"  # "cpu" or "cuda"
+    marker: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
+    install_hint: ClassVar[str] = ""
+    lowerings: ClassVar[frozenset[str]] = frozenset({"none"})
+
+    def supports(self, lowering: str) -> bool:
+        """Whether this backend can run a technique that asks for ``lowering``."""
+        return lowering in self.lowerings
+
+    def missing(self) -> str | None:
+        """Why this backend cannot run here, in one line, or ``None`` when it can."""
+        absent = [module for module in self.requires if importlib.util.find_spec(module) is None]
+        if absent:
+            hint = f" ({self.install_hint})" if self.install_hint else ""
+            return f"{self.name}: {', '.join(absent)} is not installed{hint}"
+        if self.device == "cuda":
+            from perfgate.hardware import cuda_missing_reason
+
+            return cuda_missing_reason()
+        return None
+
+    def build(self, request: BuildRequest) -> Artifact:
+        raise NotImplementedError
+
+    def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> Session:
+        raise NotImplementedError
+
+
+def predict(session: Session, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Run ``inputs`` through the session in batches of ``batch_size``.
+
+    The last batch is padded with repeated rows, so that a backend compiled for a static batch
+    size sees only that size; the padding rows are dropped from the result.
+    """
+    outputs = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start : start + batch_size]
+        real = len(chunk)
+        if real < batch_size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - real, axis=0)])
+        session.bind(np.ascontiguousarray(chunk))
+        session.run()
+        session.synchronize()
+        outputs.append(np.array(session.output()[:real], copy=True))
+    return np.concatenate(outputs)

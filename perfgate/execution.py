@@ -1,0 +1,163 @@
+"""One case, step by step: build, load, first inference, accuracy pass, timing, regression gate."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from perfgate.accuracy import AccuracyResult, Fidelity, resolve_metric
+from perfgate.backends import BACKENDS, Artifact, BuildRequest, RunSettings, Session, predict
+from perfgate.baselines import baseline_samples
+from perfgate.cache import stable_hash
+from perfgate.gates import RegressionGate, Verdict, accuracy_verdicts
+from perfgate.matrix import Case
+from perfgate.memory import PeakMemory
+from perfgate.models import LoadedModel
+from perfgate.results import CaseResult
+from perfgate.session import PerfgateSession
+from perfgate.stats import LatencyStats
+from perfgate.techniques import TECHNIQUES, TransformContext
+from perfgate.timing import measure, timed_step
+
+
+class CaseRun:
+    """The steps of one case; each records into ``result`` and fails the test with a clear message."""
+
+    def __init__(
+        self,
+        case: Case,
+        session: PerfgateSession,
+        nodeid: str,
+        compared_mapping: dict[Any, Any] | None = None,
+        require_baseline: bool = False,
+    ) -> None:
+        self.case = case
+        self.compared_mapping = compared_mapping
+        self.require_baseline = require_baseline
+        self.session = session
+        self.backend = BACKENDS.get(case.backend)
+        self.technique = TECHNIQUES.get(case.technique)
+        self.memory = PeakMemory()
+        self.model: LoadedModel | None = None
+        self.request: BuildRequest | None = None
+        self.artifact: Artifact | None = None
+        self.runtime: Session | None = None
+        self.result = CaseResult(
+            case_id=case.id,
+            model=case.model.name,
+            technique=case.technique,
+            backend=case.backend,
+            batch_size=case.batch_size,
+            device=case.device,
+            runner=session.runner,
+            nodeid=nodeid,
+        )
+
+    def build(self) -> None:
+        """Transform, convert and load the variant, then time its first inference."""
+        self.memory.start()
+        self.model = self.session.model(self.case.model)
+        model = self.model
+        options = self.case.technique_options
+        ctx = TransformContext(model.name, model.key, model.data, self.session.cache, options, self.session.progress)
+        transformed = self.technique.transform(model.module, ctx)
+        extra_key = self.technique.transform_key(options)
+        self.request = BuildRequest(
+            case_id=self.case.id,
+            model=transformed,
+            model_key=model.key if extra_key is None else stable_hash(model.key, extra_key),
+            lowering=self.technique.lowering,
+            options=options,
+            data=model.data,
+            batch_size=self.case.batch_size,
+            cache=self.session.cache,
+        )
+        self.session.progress(f"{self.case.id}: building")
+        self.artifact = self.backend.build(self.request)
+        self.result.build_s = self.artifact.build_s
+        self.result.build_cached = self.artifact.cached
+        self.result.artifact_bytes = self.artifact.size_bytes
+        start = time.perf_counter()
+        self.runtime = self.backend.load(self.artifact, self.request, self._run_settings())
+        self.result.load_s = time.perf_counter() - start
+        self.result.settings = {**self.runtime.settings, "batch_size": self.case.batch_size}
+        self.runtime.bind(model.data.example(self.case.batch_size))
+        start = time.perf_counter()
+        self.runtime.run()
+        self.runtime.synchronize()
+        self.result.first_inference_s = time.perf_counter() - start
+
+    def _run_settings(self) -> RunSettings:
+        threads = self.case.threads
+        return RunSettings(intra_op_threads=threads.get("intra_op"), inter_op_threads=threads.get("inter_op"))
+
+    def check_accuracy(self) -> None:
+        """The accuracy pass over the whole eval set, then the accuracy gates."""
+        assert self.model is not None and self.runtime is not None
+        data = self.model.data
+        reference = self.session.reference_outputs(self.model)
+        outputs = predict(self.runtime, data.eval_inputs, self.case.batch_size)
+        spec = self.case.model
+        metric = None
+        if spec.metric is not None and data.eval_labels is not None:
+            metric = resolve_metric(spec.metric)(outputs, data.eval_labels)
+        accuracy = AccuracyResult(
+            metric_name=spec.metric,
+            metric=metric,
+            reference_metric=self.session.reference_metric(spec, self.model),
+            fidelity=Fidelity.compare(reference, outputs),
+            eval_samples=len(outputs),
+        )
+        self.result.accuracy = {**accuracy.to_dict(), "policy": self.case.accuracy.to_dict()}
+        verdicts = accuracy_verdicts(accuracy, self.case.accuracy)
+        self.result.verdicts.extend(verdicts)
+        self._fail_on(verdicts, "accuracy gate")
+
+    def time(self, benchmark: Any) -> None:
+        """Warm up and time the steady state through pytest-benchmark."""
+        assert self.runtime is not None and self.model is not None
+        self.session.progress(f"{self.case.id}: timing")
+        self.runtime.bind(self.model.data.example(self.case.batch_size))
+        benchmark.group = self.case.model.name
+        benchmark.extra_info.update(perfgate_case=self.case.id, settings=self.result.settings)
+        step = timed_step(self.runtime.run, self.runtime.synchronize, self.runtime.needs_sync)
+        timing = measure(benchmark, step, self.case.timing)
+        self.result.peak_rss_mb = self.memory.peak_mb()
+        if timing is None:
+            return
+        self.result.samples_s = timing.samples_s
+        self.result.latency = LatencyStats.from_samples(timing.samples_s, self.case.batch_size)
+        self.result.settings["warmup_rounds"] = timing.warmup_rounds
+
+    def check_regression(self) -> None:
+        """Judge the samples against this runner's baseline, when ``--benchmark-compare`` is on."""
+        if self.compared_mapping is None or not self.result.samples_s:
+            return
+        baseline = baseline_samples(self.compared_mapping, self.result.nodeid)
+        verdict = RegressionGate(self.case.regression).compute(
+            _array(self.result.samples_s), _array(baseline) if baseline else None
+        )
+        if verdict.status == "new" and self.require_baseline:
+            verdict = Verdict(verdict.gate, "fail", "no baseline for this runner (--perf-require-baseline)")
+        self.result.verdicts.append(verdict)
+        self._fail_on([verdict], "regression gate")
+
+    def close(self) -> None:
+        if self.runtime is not None:
+            self.runtime.close()
+            self.runtime = None
+
+    def _fail_on(self, verdicts: list[Verdict], what: str) -> None:
+        failed = [v for v in verdicts if v.failed]
+        if failed:
+            self.result.status = "failed"
+            lines = "\n".join(f"  {v.gate}: {v.message}" for v in failed)
+            pytest.fail(f"{self.case.id}: {what} failed\n{lines}", pytrace=False)
+
+
+def _array(samples: list[float]) -> Any:
+    import numpy as np
+
+    return np.asarray(samples, dtype=np.float64)

@@ -1,0 +1,154 @@
+"""What this runner is: CPU model and instruction sets, CUDA devices, installed runtimes.
+
+The runner id, which keys the baselines, is derived from it unless given.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import re
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+# /proc/cpuinfo flag (x86) or feature (ARM) -> the name we report.
+ISA_FLAGS = {
+    "avx2": "avx2",
+    "avx512f": "avx512",
+    "avx512_vnni": "vnni",
+    "avx_vnni": "vnni",
+    "avx512_bf16": "avx512_bf16",
+    "amx_tile": "amx",
+    "amx_int8": "amx_int8",
+    "amx_bf16": "amx_bf16",
+    "asimd": "neon",
+    "asimddp": "neon_dotprod",
+}
+LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "tensorrt", "ai-edge-litert", "numpy")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """A snapshot of the machine, recorded with every result and baseline."""
+
+    cpu_model: str
+    cpu_cores: int
+    machine: str
+    isa: tuple[str, ...]
+    gpus: tuple[dict[str, Any], ...] = ()
+    cuda_version: str | None = None
+    cudnn_version: int | None = None
+    libraries: dict[str, str] = field(default_factory=dict)
+    python: str = platform.python_version()
+    system: str = platform.system()
+
+    def to_dict(self) -> dict[str, Any]:
+        result = asdict(self)
+        result["isa"] = list(self.isa)
+        result["gpus"] = list(self.gpus)
+        return result
+
+    def runner_id(self) -> str:
+        """A readable id from the hardware: CPU model and core count, plus the GPU if any."""
+        parts = [slug(self.cpu_model), f"{self.cpu_cores}c"]
+        if self.gpus:
+            parts.append(slug(str(self.gpus[0]["name"])))
+            if len(self.gpus) > 1:
+                parts.append(f"x{len(self.gpus)}")
+        return "-".join(part for part in parts if part)
+
+
+def slug(text: str) -> str:
+    """Lower-case words joined by dashes, without vendor noise ('(R)', 'CPU', 'Processor')."""
+    text = re.sub(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@.*$|\b\d+-core\b", " ", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    match = re.search(r"^(model name|Hardware|cpu model)\s*:\s*(.+)$", _cpuinfo(), re.MULTILINE)
+    return (match.group(2) if match else platform.processor() or platform.machine()).strip()
+
+
+def cpu_isa() -> tuple[str, ...]:
+    flags: set[str] = set()
+    for match in re.finditer(r"^(flags|Features)\s*:\s*(.+)$", _cpuinfo(), re.MULTILINE):
+        flags.update(match.group(2).split())
+    return tuple(sorted({name for flag, name in ISA_FLAGS.items() if flag in flags}))
+
+
+def cpu_cores() -> int:
+    """Cores this process may use (the affinity mask, which containers and CI narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _cuda_devices() -> tuple[tuple[dict[str, Any], ...], str | None, int | None]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return (), None, None
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        gpus.append(
+            {
+                "name": props.name,
+                "compute_capability": f"{props.major}.{props.minor}",
+                "memory_gib": round(props.total_memory / 2**30, 1),
+            }
+        )
+    return tuple(gpus), torch.version.cuda, torch.backends.cudnn.version()
+
+
+@lru_cache(maxsize=1)
+def detect() -> Hardware:
+    """Detect the hardware once per process."""
+    gpus, cuda, cudnn = _cuda_devices()
+    return Hardware(
+        cpu_model=cpu_model(),
+        cpu_cores=cpu_cores(),
+        machine=platform.machine(),
+        isa=cpu_isa(),
+        gpus=gpus,
+        cuda_version=cuda,
+        cudnn_version=cudnn,
+        libraries=library_versions(),
+    )
+
+
+def cuda_missing_reason() -> str | None:
+    """Why CUDA cases cannot run here, or ``None`` when a CUDA device is visible."""
+    if detect().gpus:
+        return None
+    import torch
+
+    if torch.version.cuda is None:
+        return f"no CUDA device: this torch ({torch.__version__}) is a CPU-only build"
+    return "no CUDA device visible to torch (torch.cuda.is_available() is False)"
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None

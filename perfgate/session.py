@@ -1,0 +1,93 @@
+"""Session-wide state: the matrix, this runner, the cache, loaded models and reference outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from perfgate.accuracy import resolve_metric
+from perfgate.backends import BACKENDS, BuildRequest, RunSettings, predict
+from perfgate.cache import ArtifactCache
+from perfgate.data import ModelData
+from perfgate.hardware import Hardware
+from perfgate.matrix import Matrix, ModelSpec
+from perfgate.models import LoadedModel, ModelContext, model_fingerprint
+from perfgate.registry import import_object
+from perfgate.results import CaseResult
+
+REFERENCE_BACKEND = "torch_cpu"
+
+
+class ModelLoadError(RuntimeError):
+    """A model's factory or data loader failed; the message names the model and the matrix file."""
+
+
+@dataclass
+class PerfgateSession:
+    """Everything the cases of one pytest session share."""
+
+    matrix: Matrix
+    hardware: Hardware
+    runner: str
+    cache: ArtifactCache
+    baseline_root: Path
+    progress: Callable[[str], None]
+    options: dict[str, Any] = field(default_factory=dict)
+    results: list[CaseResult] = field(default_factory=list)
+    _models: dict[str, LoadedModel] = field(default_factory=dict)
+    _references: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def model(self, spec: ModelSpec) -> LoadedModel:
+        """Load (train or fetch from the cache) a model once per session."""
+        if spec.name not in self._models:
+            self._models[spec.name] = self._load_model(spec)
+        return self._models[spec.name]
+
+    def _load_model(self, spec: ModelSpec) -> LoadedModel:
+        where = f"model {spec.name!r} in {self.matrix.path}"
+        try:
+            data = import_object(spec.data)()
+        except Exception as exc:
+            raise ModelLoadError(f"{where}: data loader {spec.data} failed: {exc!r}") from exc
+        if not isinstance(data, ModelData):
+            raise ModelLoadError(f"{where}: {spec.data} returned {type(data).__name__}, not perfgate.ModelData")
+        ctx = ModelContext(spec.name, data, self.cache, spec.options, self.progress)
+        try:
+            module = import_object(spec.factory)(ctx)
+        except Exception as exc:
+            raise ModelLoadError(f"{where}: factory {spec.factory} failed: {exc!r}") from exc
+        if not isinstance(module, torch.nn.Module):
+            raise ModelLoadError(f"{where}: {spec.factory} returned {type(module).__name__}, not torch.nn.Module")
+        module.eval()
+        return LoadedModel(spec.name, module, data, model_fingerprint(module))
+
+    def reference_outputs(self, model: LoadedModel) -> np.ndarray:
+        """FP32 PyTorch eager outputs on the whole eval set: what every variant is judged against."""
+        if model.name not in self._references:
+            backend = BACKENDS.get(REFERENCE_BACKEND)
+            request = BuildRequest(
+                case_id=f"{model.name}-reference",
+                model=model.module,
+                model_key=model.key,
+                lowering="none",
+                options={},
+                data=model.data,
+                batch_size=len(model.data.eval_inputs),
+                cache=self.cache,
+            )
+            session = backend.load(backend.build(request), request, RunSettings())
+            try:
+                self._references[model.name] = predict(session, model.data.eval_inputs, 64)
+            finally:
+                session.close()
+        return self._references[model.name]
+
+    def reference_metric(self, spec: ModelSpec, model: LoadedModel) -> float | None:
+        if spec.metric is None or model.data.eval_labels is None:
+            return None
+        return resolve_metric(spec.metric)(self.reference_outputs(model), model.data.eval_labels)

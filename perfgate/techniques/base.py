@@ -1,0 +1,49 @@
+"""What every technique provides: a model transform, a lowering, and default tolerances."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from perfgate.cache import ArtifactCache
+from perfgate.data import ModelData
+
+
+@dataclass(frozen=True)
+class TransformContext:
+    """What a technique's torch-level transform may use: data, the cache and its options."""
+
+    model_name: str
+    model_key: str
+    data: ModelData
+    cache: ArtifactCache
+    options: dict[str, Any]
+    progress: Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Technique:
+    """One optimization: a torch-level ``transform`` followed by a backend ``lowering``.
+
+    ``lowering`` names what the backend must do with the transformed model ("none",
+    "int8_dynamic", ...); a backend that cannot do it never gets a case. ``accuracy`` holds the
+    technique's default tolerances, documented in docs/techniques.md and overridable per case.
+    """
+
+    name: str
+    description: str
+    lowering: str = "none"
+    family: str | None = None
+    lossless: bool = False
+    devices: frozenset[str] = frozenset({"cpu", "cuda"})  # where the technique exists at all
+    accuracy: dict[str, float | None] = field(default_factory=dict)
+    default_options: dict[str, Any] = field(default_factory=dict)
+
+    def transform(self, model: Any, ctx: TransformContext) -> Any:
+        """Return the torch model this technique hands to the backend (the input by default)."""
+        return model
+
+    def transform_key(self, options: dict[str, Any]) -> str | None:
+        """What the transform depends on beyond the input model, or ``None`` for no transform."""
+        return None

@@ -1,0 +1,11 @@
+"""``fp32``: the model as trained, the reference every other case is judged against."""
+
+from perfgate.techniques.base import Technique
+
+FP32 = Technique(
+    name="fp32",
+    description="FP32 reference; on a non-torch backend, a lossless conversion",
+    lossless=True,
+    # A conversion may reorder float sums (fused kernels), never change a prediction.
+    accuracy={"max_abs_diff": 1e-4, "min_top1_agreement": 0.995, "min_relative_metric": 0.999},
+)

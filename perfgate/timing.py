@@ -1,0 +1,97 @@
+"""The timing loop: warmup, a stopping rule, and the hand-off to pytest-benchmark.
+
+pytest-benchmark's pedantic mode does the timed rounds, so that its storage, compare and
+histogram options keep working; perfgate decides how many rounds that is. The number comes from
+the warmup's own timings: at least ``min_rounds`` calls and at least ``min_time_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How long to warm up and to measure."""
+
+    warmup_rounds: int = 10
+    warmup_time_s: float = 0.2
+    min_rounds: int = 100
+    min_time_s: float = 1.0
+    max_rounds: int = 200_000
+    max_time_s: float = 30.0
+
+    def merged(self, overrides: dict[str, Any]) -> TimingPolicy:
+        valid = {f.name for f in fields(self)}
+        unknown = set(overrides) - valid
+        if unknown:
+            raise ValueError(f"unknown timing setting(s) {sorted(unknown)}; valid: {sorted(valid)}")
+        return replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def warm_up(step: Callable[[], None], policy: TimingPolicy) -> list[float]:
+    """Call ``step`` until both the warmup count and the warmup time are reached.
+
+    Returns the duration of each warmup call, in seconds.
+    """
+    durations: list[float] = []
+    deadline = time.perf_counter() + policy.warmup_time_s
+    while len(durations) < policy.warmup_rounds or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        step()
+        durations.append(time.perf_counter() - start)
+        if sum(durations) > policy.max_time_s:
+            break
+    return durations
+
+
+def plan_rounds(warmup_s: list[float], policy: TimingPolicy) -> int:
+    """Rounds that satisfy the stopping rule, estimated from the tail of the warmup."""
+    settled = warmup_s[len(warmup_s) // 2 :] or warmup_s
+    per_call = max(float(np.median(settled)), 1e-9)
+    wanted = max(policy.min_rounds, math.ceil(policy.min_time_s / per_call))
+    affordable = max(policy.min_rounds, int(policy.max_time_s / per_call))
+    return int(min(wanted, affordable, policy.max_rounds))
+
+
+def timed_step(run: Callable[[], None], synchronize: Callable[[], None], needs_sync: bool) -> Callable[[], None]:
+    """What a timed round calls: the run, then the device sync when the device runs async.
+
+    On the CPU the bound ``run`` itself is timed, so perfgate adds no call of its own.
+    """
+    if not needs_sync:
+        return run
+
+    def step() -> None:
+        run()
+        synchronize()
+
+    return step
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Raw samples of the steady state, and how much warmup preceded them."""
+
+    samples_s: list[float]
+    warmup_rounds: int
+
+
+def measure(benchmark: Any, step: Callable[[], None], policy: TimingPolicy) -> Timing | None:
+    """Warm up, then time ``step`` through pytest-benchmark; ``None`` when benchmarks are disabled."""
+    if not benchmark.enabled:
+        benchmark.pedantic(step, rounds=1)
+        return None
+    warm = warm_up(step, policy)
+    benchmark.pedantic(step, rounds=plan_rounds(warm, policy), iterations=1)
+    samples = list(benchmark.stats.stats.data)
+    return Timing(samples_s=samples, warmup_rounds=len(warm))
