@@ -90,7 +90,7 @@ class CaseRun:
         self.result.first_inference_s = time.perf_counter() - start
 
     def _run_settings(self) -> RunSettings:
-        threads = self.case.threads
+        threads = {**self.case.threads, **(self.technique.run_settings(self.session.hardware) or {})}
         return RunSettings(intra_op_threads=threads.get("intra_op"), inter_op_threads=threads.get("inter_op"))
 
     def check_accuracy(self) -> None:

@@ -28,6 +28,7 @@ MODEL_KEYS = {"factory", "data", "metric", "markers", "batch_sizes", "accuracy",
 TECHNIQUE_KEYS = {"accuracy", "regression", "options", "batch_sizes", "markers"}
 BACKEND_KEYS = {"threads", "markers"}
 OVERRIDE_KEYS = {"match", "accuracy", "regression", "timing", "reason"}
+THREAD_KEYS = {"intra_op", "inter_op"}
 PROFILE_KEYS = {"models", "techniques", "backends", "batch_sizes", "description"}
 
 
@@ -203,7 +204,10 @@ def _generate(matrix: Matrix, profile: dict[str, Any]) -> None:
                     markers = ["cpu" if backend.device == "cpu" else "gpu", backend.marker, *model.markers]
                     markers += [technique.family] if technique.family else []
                     markers += [*tech_table.get("markers", []), *backend_table.get("markers", [])]
-                    threads = {**raw.get("threads", {}), **backend_table.get("threads", {})}
+                    threads = {
+                        **_check_keys("[threads]", raw.get("threads", {}), THREAD_KEYS, path),
+                        **_check_keys(f"[backends.{backend_name}.threads]", backend_table.get("threads", {}), THREAD_KEYS, path),
+                    }
                     matrix.cases.append(
                         Case(
                             id=case_id,

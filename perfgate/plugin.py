@@ -143,12 +143,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "perf_case" not in metafunc.fixturenames:
         return
     from perfgate.backends import BACKENDS
+    from perfgate.techniques import TECHNIQUES
 
     session = perfgate_session(metafunc.config)
     params = []
     for case in session.matrix.cases:
         marks = [getattr(pytest.mark, marker) for marker in case.markers]
-        missing = BACKENDS.get(case.backend).missing()
+        missing = BACKENDS.get(case.backend).missing() or TECHNIQUES.get(case.technique).missing(
+            session.hardware, case.backend
+        )
         if missing:
             marks.append(pytest.mark.skip(reason=missing))
         params.append(pytest.param(case, marks=marks, id=case.id))

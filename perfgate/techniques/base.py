@@ -8,6 +8,7 @@ from typing import Any
 
 from perfgate.cache import ArtifactCache
 from perfgate.data import ModelData
+from perfgate.hardware import Hardware
 
 
 @dataclass(frozen=True)
@@ -46,4 +47,15 @@ class Technique:
 
     def transform_key(self, options: dict[str, Any]) -> str | None:
         """What the transform depends on beyond the input model, or ``None`` for no transform."""
+        return None
+
+    def missing(self, hardware: Hardware, backend: str) -> str | None:
+        """Why this technique cannot run on this runner's hardware with ``backend``, or ``None``.
+
+        Checked at collection: a case it names is skipped with that one-line reason.
+        """
+        return None
+
+    def run_settings(self, hardware: Hardware) -> dict[str, int] | None:
+        """Thread settings this technique imposes (``intra_op``, ``inter_op``), or ``None``."""
         return None

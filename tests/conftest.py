@@ -1,0 +1,66 @@
+"""Shared fixtures of perfgate's own tests.
+
+End-to-end tests drive the plugin through ``pytester`` on a small matrix of tiny models defined
+in ``tests/tiny_models.py``: real torch, real ONNX Runtime, just small enough to keep CI fast.
+The artifact cache is shared across tests, so the tiny models train once per run.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+
+TINY_MATRIX = """
+pythonpath = ["{tests}"]
+batch_sizes = [1]
+
+[timing]
+warmup_rounds = 5
+warmup_time_s = 0.0
+min_rounds = 30
+min_time_s = 0.05
+
+[models.tiny_mlp]
+factory = "tiny_models:tiny_mlp"
+data = "tiny_models:blobs"
+metric = "top1"
+
+[techniques.fp32]
+[techniques.int8_dynamic]
+
+[backends.torch_cpu]
+[backends.onnxruntime_cpu]
+"""
+
+TEST_FILE = '''
+def test_case(perf_case, benchmark):
+    perf_case.build()
+    perf_case.check_accuracy()
+    perf_case.time(benchmark)
+    perf_case.check_regression()
+'''
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One artifact cache for the whole test run (tiny models train once)."""
+    return Path(os.environ.get("PERFGATE_TEST_CACHE") or tmp_path_factory.mktemp("perfgate-cache"))
+
+
+@pytest.fixture
+def perf_project(pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A pytester project with the tiny matrix at perf/matrix.toml and the standard test file."""
+    monkeypatch.setenv("PERFGATE_CACHE", str(shared_cache))
+    monkeypatch.setenv("PERFGATE_RUNNER", "test-runner")
+    monkeypatch.delenv("PERFGATE_PROFILE", raising=False)
+    (pytester.path / "perf").mkdir()
+    (pytester.path / "perf" / "matrix.toml").write_text(TINY_MATRIX.format(tests=TESTS.as_posix()))
+    (pytester.path / "perf" / "test_inference.py").write_text(textwrap.dedent(TEST_FILE))
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
+    return pytester
