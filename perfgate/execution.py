@@ -13,7 +13,8 @@ from perfgate.baselines import baseline_samples
 from perfgate.cache import stable_hash
 from perfgate.gates import RegressionGate, Verdict, accuracy_verdicts
 from perfgate.matrix import Case
-from perfgate.memory import PeakMemory
+from perfgate.cuda_timing import record_device_timing
+from perfgate.memory import PeakMemory, gpu_peak_memory
 from perfgate.models import LoadedModel
 from perfgate.results import CaseResult
 from perfgate.session import PerfgateSession
@@ -122,14 +123,19 @@ class CaseRun:
         self.runtime.bind(self.model.data.example(self.case.batch_size))
         benchmark.group = self.case.model.name
         benchmark.extra_info.update(perfgate_case=self.case.id, settings=self.result.settings)
-        step = timed_step(self.runtime.run, self.runtime.synchronize, self.runtime.needs_sync)
+        device_timer = getattr(self.runtime, "device_timer", None)  # optional: GPU sessions have one
+        step = timed_step(self.runtime.run, self.runtime.synchronize, self.runtime.needs_sync, device_timer)
         timing = measure(benchmark, step, self.case.timing)
         self.result.peak_rss_mb = self.memory.peak_mb()
+        if self.case.device == "cuda":
+            self.result.settings.update(gpu_peak_memory())
         if timing is None:
             return
         self.result.samples_s = timing.samples_s
         self.result.latency = LatencyStats.from_samples(timing.samples_s, self.case.batch_size)
         self.result.settings["warmup_rounds"] = timing.warmup_rounds
+        if device_timer is not None:
+            record_device_timing(self.result.settings, device_timer, timing.samples_s)
 
     def check_regression(self) -> None:
         """Judge the samples against this runner's baseline, when ``--benchmark-compare`` is on."""

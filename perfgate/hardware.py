@@ -45,6 +45,8 @@ class Hardware:
     libraries: dict[str, str] = field(default_factory=dict)
     python: str = platform.python_version()
     system: str = platform.system()
+    gpu_driver: str | None = None  # NVIDIA driver (NVML, else /proc/driver/nvidia/version)
+    tensorrt_version: str | None = None  # an engine is only valid for the TensorRT that built it
 
     def to_dict(self) -> dict[str, Any]:
         result = asdict(self)
@@ -127,6 +129,7 @@ def _cuda_devices() -> tuple[tuple[dict[str, Any], ...], str | None, int | None]
 def detect() -> Hardware:
     """Detect the hardware once per process."""
     gpus, cuda, cudnn = _cuda_devices()
+    libraries = library_versions()
     return Hardware(
         cpu_model=cpu_model(),
         cpu_cores=cpu_cores(),
@@ -135,8 +138,31 @@ def detect() -> Hardware:
         gpus=gpus,
         cuda_version=cuda,
         cudnn_version=cudnn,
-        libraries=library_versions(),
+        libraries=libraries,
+        gpu_driver=gpu_driver_version() if gpus else None,
+        tensorrt_version=libraries.get("tensorrt"),
     )
+
+
+def gpu_driver_version() -> str | None:
+    """The NVIDIA driver version, from NVML when nvidia-ml-py is installed, else from /proc."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return version.decode() if isinstance(version, bytes) else str(version)  # bytes before 11.5
+    except Exception:  # ImportError, or pynvml.NVMLError when the library or driver is absent
+        pass
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9][0-9.]+)", text)
+    return match.group(1) if match else None
 
 
 def cuda_missing_reason() -> str | None:

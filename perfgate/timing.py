@@ -63,11 +63,24 @@ def plan_rounds(warmup_s: list[float], policy: TimingPolicy) -> int:
     return int(min(wanted, affordable, policy.max_rounds))
 
 
-def timed_step(run: Callable[[], None], synchronize: Callable[[], None], needs_sync: bool) -> Callable[[], None]:
+def timed_step(
+    run: Callable[[], None], synchronize: Callable[[], None], needs_sync: bool, device_timer: Any = None
+) -> Callable[[], None]:
     """What a timed round calls: the run, then the device sync when the device runs async.
 
-    On the CPU the bound ``run`` itself is timed, so perfgate adds no call of its own.
+    On the CPU the bound ``run`` itself is timed, so perfgate adds no call of its own. A session
+    with a ``device_timer`` (``perfgate.cuda_timing.CudaEventTimer``) gets device events recorded
+    around the run, before the sync, so the device time is measured next to the host time.
     """
+    if device_timer is not None:
+
+        def timed() -> None:
+            device_timer.start()
+            run()
+            device_timer.stop()
+            synchronize()
+
+        return timed
     if not needs_sync:
         return run
 
