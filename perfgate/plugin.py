@@ -127,9 +127,18 @@ def perfgate_session(config: pytest.Config) -> PerfgateSession:
 
 
 def _progress(config: pytest.Config, line: str) -> None:
-    """Show a long step (training, conversion) on the terminal, past output capturing."""
+    """Show a step on the terminal, past output capturing, with the case's place in the matrix.
+
+    Routine steps (building, timing) show only with -v, where pytest already gives each case a line;
+    by default the dots stay on one line and only rare long steps (training) interrupt them.
+    """
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
+    session = config.stash.get(SESSION, None)
+    if session is not None:
+        if session.counter.is_step(line) and config.get_verbosity() < 1:
+            return
+        line = session.counter.line(line)
     if reporter is None or config.get_verbosity() < 0:
         return
     if capture is None:
@@ -193,6 +202,21 @@ def _compared_mapping(config: pytest.Config) -> dict[Any, Any] | None:
     if bench is None or not bench.compare:
         return None
     return bench.compared_mapping or {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Number the selected cases, for the ``[7/42]`` of the progress lines."""
+    state = session.config.stash.get(SESSION, None)
+    if state is not None:
+        cases = [item.nodeid for item in session.items if "perf_case" in getattr(item, "fixturenames", ())]
+        state.counter.select(cases)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    state = item.config.stash.get(SESSION, None)
+    if state is not None:
+        state.counter.enter(item.nodeid)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from perfgate.gates import Verdict
 from perfgate.stats import LatencyStats
 
 RESULTS_SCHEMA_VERSION = 1
+"""Version of ``results.json`` (docs/results-schema.md); bump it when a field changes meaning."""
+
+# jsonio writes non-finite floats as these strings (JSON has no NaN or Infinity).
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "infinity": math.inf, "-infinity": -math.inf}
+
+
+class ResultsError(RuntimeError):
+    """A results file cannot be read; the message names the file and says why."""
 
 
 @dataclass
@@ -64,3 +75,81 @@ class CaseResult:
             result.latency = LatencyStats(**latency)
         result.verdicts = [Verdict(**v) for v in verdicts]
         return result
+
+
+def _restore_non_finite(value: Any) -> Any:
+    """Undo jsonio's spelling of NaN and Infinity inside numeric sections."""
+    if isinstance(value, str):
+        return _NON_FINITE.get(value.lower(), value)
+    if isinstance(value, dict):
+        return {k: _restore_non_finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore_non_finite(v) for v in value]
+    return value
+
+
+def case_from_json(data: dict[str, Any]) -> CaseResult:
+    """A case as stored in ``results.json``, with NaN and Infinity restored in its figures."""
+    data = dict(data)
+    for key in ("latency", "accuracy", "verdicts"):
+        if data.get(key) is not None:
+            data[key] = _restore_non_finite(data[key])
+    return CaseResult.from_dict(data)
+
+
+@dataclass
+class ResultsDocument:
+    """One ``results.json``: the runner's metadata and its cases.
+
+    :param meta: everything but the cases (runner, machine, drift, generated, ...).
+    :param cases: the case results, sorted by id.
+    :param path: where it was read from, to name it in messages; ``None`` if built in memory.
+    """
+
+    meta: dict[str, Any]
+    cases: list[CaseResult]
+    path: Path | None = None
+
+    @property
+    def runner(self) -> str:
+        return str(self.meta.get("runner") or "?")
+
+    @property
+    def drift(self) -> list[Any]:
+        """Environment drift entries, if the run that wrote the file recorded any."""
+        drift = self.meta.get("drift")
+        return list(drift) if isinstance(drift, list) else []
+
+
+def load_results(path: Path) -> ResultsDocument:
+    """Read and validate a ``results.json`` written by ``--perf-report``.
+
+    :param path: the file to read.
+    :raises ResultsError: the file is missing, not JSON, of another schema version, or malformed;
+        the message names the file.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"results file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"results file {path} is not readable JSON ({exc})") from None
+    if not isinstance(data, dict) or "schema_version" not in data:
+        raise ResultsError(f"{path} is not a perfgate results file (no schema_version); write one with --perf-report")
+    version = data["schema_version"]
+    if version != RESULTS_SCHEMA_VERSION:
+        raise ResultsError(
+            f"results file {path} has schema version {version!r}, this perfgate reads {RESULTS_SCHEMA_VERSION}; "
+            "re-render it with the perfgate version that wrote it, or re-run the suite"
+        )
+    if not isinstance(data.get("cases"), list):
+        raise ResultsError(f"results file {path} has no 'cases' list")
+    cases = []
+    for index, raw in enumerate(data.pop("cases")):
+        try:
+            cases.append(case_from_json(raw))
+        except (TypeError, ValueError, AttributeError) as exc:
+            name = raw.get("case_id", f"#{index}") if isinstance(raw, dict) else f"#{index}"
+            raise ResultsError(f"results file {path}: case {name} is malformed ({exc})") from None
+    return ResultsDocument(meta=data, cases=cases, path=path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,33 @@ from perfgate.results import CaseResult
 REFERENCE_BACKEND = "torch_cpu"
 
 
+STEPS = ("building", "timing")  # execution.py reports each case's steps as "<case id>: <step>"
+
+
+@dataclass
+class MatrixProgress:
+    """Where a run is in the selected matrix, so that a progress line reads ``[7/42] <case>: timing``."""
+
+    positions: dict[str, int] = field(default_factory=dict)
+    current: int | None = None
+
+    def select(self, nodeids: Sequence[str]) -> None:
+        """Number the cases that survived selection (-m, -k, deselection), 1-based, in run order."""
+        self.positions = {nodeid: index for index, nodeid in enumerate(nodeids, 1)}
+
+    def enter(self, nodeid: str) -> None:
+        """The case ``nodeid`` starts; progress lines until the next one carry its position."""
+        self.current = self.positions.get(nodeid)
+
+    def line(self, text: str) -> str:
+        return f"[{self.current}/{len(self.positions)}] {text}" if self.current else text
+
+    @staticmethod
+    def is_step(text: str) -> bool:
+        """A routine per-case step (shown only with -v), as opposed to a rare long one such as training."""
+        return text.rpartition(": ")[2] in STEPS
+
+
 class ModelLoadError(RuntimeError):
     """A model's factory or data loader failed; the message names the model and the matrix file."""
 
@@ -38,6 +65,7 @@ class PerfgateSession:
     baseline_root: Path
     progress: Callable[[str], None]
     options: dict[str, Any] = field(default_factory=dict)
+    counter: MatrixProgress = field(default_factory=MatrixProgress)
     results: list[CaseResult] = field(default_factory=list)
     _models: dict[str, LoadedModel] = field(default_factory=dict)
     _references: dict[str, np.ndarray] = field(default_factory=dict)

@@ -1,0 +1,347 @@
+"""Pareto plots: accuracy against p50 latency, one figure per model, written as PNG and SVG.
+
+matplotlib is imported only here and only when a plot is drawn (the ``report`` extra), with the
+non-interactive Agg backend so that a CI runner without a display can draw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from perfgate.pareto import pareto_front
+from perfgate.report import accuracy_score, human_bytes
+from perfgate.results import CaseResult, ResultsDocument
+
+LOG_SPREAD = 8.0  # a log latency axis once the slowest case is this many times the fastest
+OFFSET_RADII = (6.0, 12.0, 20.0, 30.0, 44.0, 60.0)  # label distances tried, in points
+LEADER_FROM = 14.0  # a label this far from its point gets a leader line back to it
+DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+MARKERS = ("o", "s", "^", "D", "v", "P")  # one per runner in a merged plot
+MIN_AREA, MAX_AREA, DEFAULT_AREA = 30.0, 420.0, 60.0  # marker areas in pt^2
+
+
+@dataclass(frozen=True)
+class PlotPoint:
+    """One case on the plot."""
+
+    label: str
+    latency_ms: float
+    accuracy: float
+    size_bytes: int | None
+    backend: str
+    runner: str
+    passed: bool
+    frontier: bool = False
+
+
+def plot_points(cases: Sequence[CaseResult], runner: str, with_batch: bool) -> list[PlotPoint]:
+    """The timed, scored cases of one model on one runner, each marked on or off its frontier.
+
+    :param with_batch: add the batch size to labels (the model ran at several).
+    """
+    usable = [
+        r for r in cases if r.latency is not None and accuracy_score(r) is not None and r.status != "error"
+    ]
+    front = pareto_front([(r.latency.p50_ms, accuracy_score(r)) for r in usable])  # type: ignore[union-attr,misc]
+    return [
+        PlotPoint(
+            label=f"{r.technique}/{r.backend}" + (f" b{r.batch_size}" if with_batch else ""),
+            latency_ms=r.latency.p50_ms,  # type: ignore[union-attr]
+            accuracy=accuracy_score(r),  # type: ignore[arg-type]
+            size_bytes=r.artifact_bytes,
+            backend=r.backend,
+            runner=runner,
+            passed=r.status == "passed" and not any(v.failed for v in r.verdicts),
+            frontier=on_front,
+        )
+        for r, on_front in zip(usable, front, strict=True)
+    ]
+
+
+def frontier_steps(points: Sequence[PlotPoint]) -> tuple[list[float], list[float]]:
+    """The frontier as a staircase: from each frontier point, its accuracy holds until the next is reached."""
+    front = sorted((p.latency_ms, p.accuracy) for p in points if p.frontier)
+    return [x for x, _ in front], [y for _, y in front]
+
+
+def wants_log_x(latencies: Sequence[float]) -> bool:
+    """A log axis when the cases span enough that a linear one would squash the fast ones together."""
+    positive = [x for x in latencies if x > 0]
+    return bool(positive) and max(positive) / min(positive) >= LOG_SPREAD
+
+
+def marker_area(size_bytes: int | None, largest: int) -> float:
+    """Marker area in pt^2, proportional to the artifact's size on disk."""
+    if not size_bytes or largest <= 0:
+        return DEFAULT_AREA
+    return MIN_AREA + (MAX_AREA - MIN_AREA) * size_bytes / largest
+
+
+def _overlap(a: Any, b: Any) -> float:
+    """Overlapping area of two display-space bounding boxes."""
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def _candidates() -> Iterator[tuple[float, float, str, str]]:
+    """Label offsets (points) with the alignment that keeps the text on that side of the point."""
+    for radius in OFFSET_RADII:
+        for dx, dy in DIRECTIONS:
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+            yield dx * radius, dy * radius, ha, va
+
+
+def place_labels(ax: Any, points: Sequence[PlotPoint], areas: Sequence[float]) -> list[Any]:
+    """Label every point where it overlaps no other label, marker or the axes' edge.
+
+    Greedy: each label tries offsets of growing radius in eight directions and keeps the first
+    that collides with nothing placed so far (else the least-overlapping one). Far labels get a
+    leader line so that they still point at their case.
+    """
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    px_per_pt = fig.dpi / 72.0
+    obstacles = []
+    for point, area in zip(points, areas, strict=True):
+        x, y = ax.transData.transform((point.latency_ms, point.accuracy))
+        r = math.sqrt(area) / 2 * px_per_pt
+        obstacles.append(Bbox.from_extents(x - r, y - r, x + r, y + r))
+    labels = []
+    # Frontier points first: their labels matter most and get the closest spots.
+    for index in sorted(range(len(points)), key=lambda i: (not points[i].frontier, points[i].latency_ms)):
+        labels.append(_place_one(ax, points[index], obstacles, frame, renderer, areas[index]))
+    return labels
+
+
+def _place_one(
+    ax: Any, point: PlotPoint, obstacles: list[Any], frame: Any, renderer: Any, area: float
+) -> Any:
+    best: tuple[float, Any] | None = None
+    clearance = math.sqrt(area) / 2  # start outside the marker, in points
+    for dx, dy, ha, va in _candidates():
+        text = ax.annotate(
+            point.label,
+            (point.latency_ms, point.accuracy),
+            xytext=(
+                dx + math.copysign(clearance, dx) * (dx != 0),
+                dy + math.copysign(clearance, dy) * (dy != 0),
+            ),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=7.5,
+            color="0.15",
+        )
+        box = text.get_window_extent(renderer).expanded(1.06, 1.15)
+        cost = sum(_overlap(box, other) for other in obstacles)
+        cost += box.width * box.height - _overlap(box, frame)  # outside the axes counts as overlap
+        if best is None or cost < best[0]:
+            if best is not None:
+                best[1].remove()
+            best = (cost, text)
+        else:
+            text.remove()
+        if cost == 0:
+            break
+    assert best is not None
+    text = best[1]
+    offset = text.xyann
+    if math.hypot(*offset) > LEADER_FROM + math.sqrt(area) / 2:
+        text.remove()
+        text = ax.annotate(
+            point.label,
+            (point.latency_ms, point.accuracy),
+            xytext=offset,
+            textcoords="offset points",
+            ha=text.get_ha(),
+            va=text.get_va(),
+            fontsize=7.5,
+            color="0.15",
+            arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.6, "shrinkA": 1, "shrinkB": 3},
+        )
+    obstacles.append(text.get_window_extent(renderer).expanded(1.06, 1.15))
+    return text
+
+
+def _axis_label(cases: Sequence[CaseResult]) -> str:
+    """What the accuracy axis shows: the task metric where every case has one, else agreement."""
+    names = {
+        r.accuracy.get("metric_name") for r in cases if r.accuracy and r.accuracy.get("metric") is not None
+    }
+    if len(names) == 1 and None not in names:
+        return f"{names.pop()} accuracy (fraction of the eval set)"
+    return "top-1 agreement with the FP32 reference (fraction)"
+
+
+def draw_model(model: str, runners: dict[str, list[CaseResult]], colours: dict[str, Any]) -> Any | None:
+    """The Pareto figure of one model across its runners, or ``None`` if no case is plottable.
+
+    :param runners: runner -> that runner's cases of the model.
+    :param colours: backend -> colour, shared by every figure of the report.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = {r.batch_size for cases in runners.values() for r in cases}
+    by_runner = {name: plot_points(cases, name, len(batches) > 1) for name, cases in runners.items()}
+    points = [p for pts in by_runner.values() for p in pts]
+    if not points:
+        return None
+    largest = max((p.size_bytes or 0) for p in points)
+    fig, ax = plt.subplots(figsize=(10, 6.2), dpi=130)
+    fig.subplots_adjust(left=0.09, right=0.74, top=0.9, bottom=0.11)
+    if wants_log_x([p.latency_ms for p in points]):
+        ax.set_xscale("log")
+    areas = []
+    for index, pts in enumerate(by_runner.values()):
+        marker = MARKERS[index % len(MARKERS)]
+        for p in pts:
+            area = marker_area(p.size_bytes, largest)
+            areas.append(area)
+            colour = colours[p.backend]
+            ax.scatter(
+                [p.latency_ms],
+                [p.accuracy],
+                s=area,
+                marker=marker,
+                facecolors=colour if p.passed else "none",
+                edgecolors=colour if not p.passed else "white",
+                linewidths=1.4 if not p.passed else 0.6,
+                alpha=0.85,
+                zorder=3,
+            )
+    _frame(ax, points, model, runners)
+    for index, (name, pts) in enumerate(by_runner.items()):
+        _draw_frontier(ax, pts, name if len(by_runner) > 1 else None, ("-", "--", ":", "-.")[index % 4])
+    _legends(ax, by_runner, colours, largest)
+    fig.canvas.draw()
+    place_labels(ax, points, areas)
+    return fig
+
+
+def _draw_frontier(ax: Any, points: Sequence[PlotPoint], runner: str | None, style: str) -> None:
+    """The frontier as the edge of what is attainable: up at the fastest case, then a staircase
+    to the right edge, with the frontier's own points ringed so that even a one-point frontier shows.
+    """
+    xs, ys = frontier_steps(points)
+    if not xs:
+        return
+    (_, right), (bottom, _) = ax.get_xlim(), ax.get_ylim()
+    label = "Pareto frontier" + (f" ({runner})" if runner else "")
+    ax.step(
+        [xs[0], *xs, right],
+        [bottom, *ys, ys[-1]],
+        where="post",
+        color="0.25",
+        lw=1.2,
+        ls=style,
+        zorder=2,
+        label=label,
+    )
+    ax.scatter(xs, ys, s=12, marker="*", color="0.1", zorder=4)
+
+
+def _frame(ax: Any, points: Sequence[PlotPoint], model: str, runners: dict[str, list[CaseResult]]) -> None:
+    """Limits with room for labels, axis labels with units, grid and title."""
+    xs = [p.latency_ms for p in points]
+    ys = [p.accuracy for p in points]
+    if ax.get_xscale() == "log":
+        ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
+    else:
+        pad = (max(xs) - min(xs)) * 0.15 or max(xs) * 0.2
+        ax.set_xlim(max(0.0, min(xs) - pad), max(xs) + pad)
+    spread = (max(ys) - min(ys)) or 0.01
+    ax.set_ylim(min(ys) - spread * 0.3, max(ys) + spread * 0.3)
+    scale = " (log scale)" if ax.get_xscale() == "log" else ""
+    ax.set_xlabel(f"p50 latency per call (ms){scale}  ←  faster")
+    all_cases = [r for cases in runners.values() for r in cases]
+    ax.set_ylabel(_axis_label(all_cases) + "  →  better")
+    ax.grid(True, which="major", color="0.9", lw=0.8)
+    ax.set_axisbelow(True)
+    names = ", ".join(runners)
+    ax.set_title(
+        f"{model}: accuracy vs p50 latency  —  runner{'s' if len(runners) > 1 else ''} {names}", fontsize=11
+    )
+
+
+def _legends(ax: Any, by_runner: dict[str, list[PlotPoint]], colours: dict[str, Any], largest: int) -> None:
+    """Backend colours, runner markers, marker sizes and the frontier, outside the axes on the right."""
+    from matplotlib.lines import Line2D
+
+    used = sorted({p.backend for pts in by_runner.values() for p in pts})
+    handles = [Line2D([], [], ls="", marker="o", ms=8, color=colours[b], label=b) for b in used]
+    if len(by_runner) > 1:
+        handles += [
+            Line2D([], [], ls="", marker=MARKERS[i % len(MARKERS)], ms=8, color="0.4", label=f"runner {name}")
+            for i, name in enumerate(by_runner)
+        ]
+    if largest:
+        for fraction in (1.0, 0.25):
+            size = int(largest * fraction)
+            ms = math.sqrt(marker_area(size, largest))
+            handles.append(
+                Line2D([], [], ls="", marker="o", ms=ms, color="0.75", label=f"size {human_bytes(size)}")
+            )
+    if any(not p.passed for pts in by_runner.values() for p in pts):
+        handles.append(
+            Line2D([], [], ls="", marker="o", ms=8, mfc="none", color="0.3", label="failed a gate")
+        )
+    handles += [h for h in ax.get_legend_handles_labels()[0]]
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        fontsize=8,
+        frameon=False,
+        labelspacing=1.1,
+    )
+
+
+def backend_colours(documents: Sequence[ResultsDocument]) -> dict[str, Any]:
+    """One colour per backend, the same in every figure of a report."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"].colors
+    backends = sorted({r.backend for doc in documents for r in doc.cases})
+    return {b: palette[i % len(palette)] for i, b in enumerate(backends)}
+
+
+def write_pareto_plots(directory: Path, documents: Sequence[ResultsDocument]) -> dict[str, list[Path]]:
+    """Write ``pareto-<model>.png`` and ``.svg`` for every model with a plottable case.
+
+    :returns: model -> the files written for it.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = backend_colours(documents)
+    models: dict[str, dict[str, list[CaseResult]]] = {}
+    for doc in documents:
+        for r in doc.cases:
+            models.setdefault(r.model, {}).setdefault(doc.runner, []).append(r)
+    written: dict[str, list[Path]] = {}
+    for model in sorted(models):
+        fig = draw_model(model, models[model], colours)
+        if fig is None:
+            continue
+        paths = [Path(directory) / f"pareto-{model}.png", Path(directory) / f"pareto-{model}.svg"]
+        # No date and a fixed id salt keep the SVG byte-stable across re-renders, so it diffs well.
+        with matplotlib.rc_context({"svg.hashsalt": "perfgate"}):
+            fig.savefig(paths[0], bbox_inches="tight")
+            fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+        plt.close(fig)
+        written[model] = paths
+    return written
