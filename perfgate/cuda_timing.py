@@ -77,9 +77,13 @@ class CudaEventTimer:
         """Record the start event on the stream (called right before the run)."""
         import torch
 
-        pair = self._free.pop() if self._free else (
-            torch.cuda.Event(enable_timing=True),
-            torch.cuda.Event(enable_timing=True),
+        pair = (
+            self._free.pop()
+            if self._free
+            else (
+                torch.cuda.Event(enable_timing=True),
+                torch.cuda.Event(enable_timing=True),
+            )
         )
         pair[0].record(self.stream)
         self._current = pair
@@ -146,5 +150,7 @@ def record_device_timing(settings: dict[str, Any], timer: CudaEventTimer, host_s
     settings["device_time"] = device_summary(device_s)
     settings["host_p50_ms"] = round(float(np.median(host_s)) * 1e3, 6)
     settings.update(
-        launch_overhead_flag(float(np.median(device_s)), float(np.median(host_s)), bool(settings.get("copies_timed")))
+        launch_overhead_flag(
+            float(np.median(device_s)), float(np.median(host_s)), bool(settings.get("copies_timed"))
+        )
     )

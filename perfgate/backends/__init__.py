@@ -10,6 +10,13 @@ from perfgate.registry import Registry
 BACKENDS: Registry[Backend] = Registry("backend")
 BACKENDS.register("torch_cpu", "perfgate.backends.torch_eager:TORCH_CPU")
 BACKENDS.register("onnxruntime_cpu", "perfgate.backends.onnxruntime:ONNXRUNTIME_CPU")
-BACKENDS.register("torch_cuda", "perfgate.backends.torch_eager:TORCH_CUDA")
+BACKENDS.register("torch_cuda", "perfgate.backends.torch_cuda:TORCH_CUDA")
+BACKENDS.register("torch_compile_cuda", "perfgate.backends.torch_cuda:TORCH_COMPILE_CUDA")
+BACKENDS.register("torch_compile_cuda_reduce_overhead", "perfgate.backends.torch_cuda:TORCH_COMPILE_CUDA_REDUCE_OVERHEAD")
+BACKENDS.register("torch_compile_cuda_max_autotune", "perfgate.backends.torch_cuda:TORCH_COMPILE_CUDA_MAX_AUTOTUNE")
+BACKENDS.register("torch_cuda_graphs", "perfgate.backends.torch_cuda:TORCH_CUDA_GRAPHS")
+BACKENDS.register("onnxruntime_cuda", "perfgate.backends.onnxruntime_gpu:ONNXRUNTIME_CUDA")
+BACKENDS.register("onnxruntime_tensorrt", "perfgate.backends.onnxruntime_gpu:ONNXRUNTIME_TENSORRT")
+BACKENDS.register("tensorrt", "perfgate.backends.tensorrt:TENSORRT")
 
 __all__ = ["BACKENDS", "Artifact", "Backend", "BuildRequest", "RunSettings", "Session", "predict"]
