@@ -19,7 +19,7 @@ from perfgate.models import LoadedModel
 from perfgate.results import CaseResult
 from perfgate.session import PerfgateSession
 from perfgate.stats import LatencyStats
-from perfgate.techniques import TECHNIQUES, TransformContext
+from perfgate.techniques import TECHNIQUES, NotApplicable, TransformContext
 from perfgate.timing import measure, timed_step
 
 
@@ -63,7 +63,11 @@ class CaseRun:
         model = self.model
         options = self.case.technique_options
         ctx = TransformContext(model.name, model.key, model.data, self.session.cache, options, self.session.progress)
-        transformed = self.technique.transform(model.module, ctx)
+        try:
+            transformed = self.technique.transform(model.module, ctx)
+        except NotApplicable as exc:
+            pytest.skip(f"{self.case.id}: {exc}")
+        described = self.technique.describe(transformed, model.module)
         extra_key = self.technique.transform_key(options)
         self.request = BuildRequest(
             case_id=self.case.id,
@@ -83,7 +87,7 @@ class CaseRun:
         start = time.perf_counter()
         self.runtime = self.backend.load(self.artifact, self.request, self._run_settings())
         self.result.load_s = time.perf_counter() - start
-        self.result.settings = {**self.runtime.settings, "batch_size": self.case.batch_size}
+        self.result.settings = {**self.runtime.settings, **described, "batch_size": self.case.batch_size}
         self.runtime.bind(model.data.example(self.case.batch_size))
         start = time.perf_counter()
         self.runtime.run()

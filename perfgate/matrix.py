@@ -187,6 +187,9 @@ def _generate(matrix: Matrix, profile: dict[str, Any]) -> None:
                 if backend.device not in technique.devices:
                     matrix.excluded.append(Excluded(combo, f"{tech_name} does not exist on {backend.device}"))
                     continue
+                if technique.runtimes is not None and backend.marker not in technique.runtimes:
+                    matrix.excluded.append(Excluded(combo, f"{tech_name} means nothing to {backend_name}"))
+                    continue
                 if not backend.supports(technique.lowering):
                     matrix.excluded.append(
                         Excluded(combo, f"{backend_name} has no {technique.lowering!r} lowering for {tech_name}")

@@ -115,3 +115,25 @@ def train_classifier(
     hit = ctx.cache.get_or_build("weights", key, "weights.pt", train)
     model.load_state_dict(torch.load(hit.path, weights_only=True))
     return model.eval()
+
+
+def distillation_loss(teacher: torch.nn.Module, temperature: float, alpha: float) -> Loss:
+    """Hinton's knowledge-distillation loss against a frozen ``teacher``.
+
+    ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, y)``.
+    The ``T^2`` factor keeps the soft term's gradients on the scale of the hard term's as T grows.
+
+    :param teacher: the trained model whose softened outputs the student learns; kept in eval mode.
+    :param temperature: T, how much the logits are softened (1 = plain softmax).
+    :param alpha: weight of the soft term; ``1 - alpha`` goes to cross-entropy on the labels.
+    """
+    teacher.eval()
+
+    def loss(student: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            soft_targets = F.log_softmax(teacher(inputs) / temperature, dim=-1)
+        logits = student(inputs)
+        soft = F.kl_div(F.log_softmax(logits / temperature, dim=-1), soft_targets, reduction="batchmean", log_target=True)
+        return alpha * temperature**2 * soft + (1.0 - alpha) * F.cross_entropy(logits, labels)
+
+    return loss

@@ -1,11 +1,17 @@
 """The technique axis: one module per technique family, found through ``TECHNIQUES``."""
 
 from perfgate.registry import Registry
-from perfgate.techniques.base import Technique, TransformContext
+from perfgate.techniques.base import NotApplicable, Technique, TransformContext
 
 TECHNIQUES: Registry[Technique] = Registry("technique")
 TECHNIQUES.register("fp32", "perfgate.techniques.reference:FP32")
 TECHNIQUES.register("int8_dynamic", "perfgate.techniques.quantization:INT8_DYNAMIC")
+TECHNIQUES.register("prune_unstructured", "perfgate.techniques.pruning:PRUNE_UNSTRUCTURED")
+TECHNIQUES.register("prune_structured", "perfgate.techniques.pruning:PRUNE_STRUCTURED")
+TECHNIQUES.register("prune_structured_int8", "perfgate.techniques.pruning:PRUNE_STRUCTURED_INT8")
+TECHNIQUES.register("distill", "perfgate.techniques.distillation:DISTILL")
+TECHNIQUES.register("channels_last", "perfgate.techniques.runtime:CHANNELS_LAST")
+TECHNIQUES.register("threads_tuned", "perfgate.techniques.runtime:THREADS_TUNED")
 
 # Marker per technique family, applied to every case of a technique of that family.
 FAMILIES = {
@@ -16,4 +22,4 @@ FAMILIES = {
     "distilled": "knowledge distillation into a smaller student",
 }
 
-__all__ = ["FAMILIES", "TECHNIQUES", "Technique", "TransformContext"]
+__all__ = ["FAMILIES", "TECHNIQUES", "NotApplicable", "Technique", "TransformContext"]

@@ -11,6 +11,13 @@ from perfgate.data import ModelData
 from perfgate.hardware import Hardware
 
 
+class NotApplicable(Exception):
+    """A technique cannot transform this model (e.g. it needs labelled training data it lacks).
+
+    Raised by ``transform``; the case is skipped with the message, which names the model.
+    """
+
+
 @dataclass(frozen=True)
 class TransformContext:
     """What a technique's torch-level transform may use: data, the cache and its options."""
@@ -38,6 +45,9 @@ class Technique:
     family: str | None = None
     lossless: bool = False
     devices: frozenset[str] = frozenset({"cpu", "cuda"})  # where the technique exists at all
+    # Backend markers ("torch", "onnxruntime", ...) on which the technique means anything; ``None``
+    # for all. A combination outside it is never generated (channels-last means nothing to ONNX).
+    runtimes: frozenset[str] | None = None
     accuracy: dict[str, float | None] = field(default_factory=dict)
     default_options: dict[str, Any] = field(default_factory=dict)
 
@@ -59,3 +69,11 @@ class Technique:
     def run_settings(self, hardware: Hardware) -> dict[str, int] | None:
         """Thread settings this technique imposes (``intra_op``, ``inter_op``), or ``None``."""
         return None
+
+    def describe(self, model: Any, original: Any) -> dict[str, Any]:
+        """What the transform achieved (sparsity, parameter counts), recorded in the result's settings.
+
+        :param model: the transformed model, as ``transform`` returned it.
+        :param original: the model before the transform.
+        """
+        return {}
