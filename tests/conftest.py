@@ -62,5 +62,5 @@ def perf_project(pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pyt
     (pytester.path / "perf").mkdir()
     (pytester.path / "perf" / "matrix.toml").write_text(TINY_MATRIX.format(tests=TESTS.as_posix()))
     (pytester.path / "perf" / "test_inference.py").write_text(textwrap.dedent(TEST_FILE))
-    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:anyio\n")
     return pytester
