@@ -204,6 +204,16 @@ def _compared_mapping(config: pytest.Config) -> dict[Any, Any] | None:
     return bench.compared_mapping or {}
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave the full-size (``slow``) cases out of a run that selects no markers (``-m slow`` runs them)."""
+    if config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Number the selected cases, for the ``[7/42]`` of the progress lines."""
     state = session.config.stash.get(SESSION, None)
