@@ -10,18 +10,25 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import pytest_benchmark
+from filelock import FileLock
 from pytest_benchmark.stats import Stats
 
 from perfgate.jsonio import write_json
+from perfgate.reference_workload import REFERENCE_NAME
 from perfgate.results import CaseResult
 
 SCHEMA_VERSION = 1
 BASELINE_FILE = "0001_baseline.json"
 MAX_STORED_SAMPLES = 5000  # evenly thinned beyond this, to keep baseline files reviewable
+# The reference workload's p50, timed next to each case, sits in the case's settings under this key.
+REFERENCE_SETTING = "reference_workload_p50_us"
+# Verdicts whose cases --perf-refresh-changed rewrites.
+CHANGED_STATUSES = ("fail", "improved")
 
 
 class BaselineError(RuntimeError):
@@ -99,6 +106,17 @@ def _p50_ms(entry: dict[str, Any] | None) -> float | None:
     return entry["stats"]["median"] * 1e3 if entry else None
 
 
+def lock_for(path: Path) -> FileLock:
+    """The lock that serialises read-modify-write of ``path`` across processes (xdist, two runs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.parent / f".{path.name}.lock"))
+
+
+def changed_only(results: list[CaseResult]) -> list[CaseResult]:
+    """The results whose regression verdict says the baseline is out of date (regressed or improved)."""
+    return [r for r in results if (v := r.verdict("regression")) is not None and v.status in CHANGED_STATUSES]
+
+
 def refresh(
     path: Path,
     runner: str,
@@ -109,8 +127,28 @@ def refresh(
 ) -> list[Change]:
     """Replace the baseline entries of ``results`` that passed their accuracy gates.
 
+    The read, the merge and the atomic write happen under a file lock, so two concurrent
+    refreshes of one runner both land (the later merges into the earlier's file).
+
+    :param path: the runner's baseline file.
+    :param runner: the runner id, recorded in the file.
+    :param results: the cases that ran; only these are replaced.
+    :param machine_info: pytest-benchmark's machine info, with perfgate's hardware under ``perfgate``.
+    :param commit_info: pytest-benchmark's commit info.
     :param prune: case ids to remove (cases no longer in the matrix), or ``None``.
     """
+    with lock_for(path):
+        return _refresh_locked(path, runner, results, machine_info, commit_info, prune)
+
+
+def _refresh_locked(
+    path: Path,
+    runner: str,
+    results: list[CaseResult],
+    machine_info: dict[str, Any],
+    commit_info: dict[str, Any],
+    prune: set[str] | None,
+) -> list[Change]:
     existing = read_baseline(path) or {"benchmarks": [], "perfgate": {"cases": {}}}
     benches = {b["fullname"]: b for b in existing["benchmarks"]}
     cases: dict[str, Any] = dict(existing["perfgate"].get("cases", {}))
@@ -133,7 +171,9 @@ def refresh(
             "samples_stored": len(benches[fullname]["stats"]["data"]),
             "samples_measured": len(result.samples_s),
         }
-        changes.append(Change(result.case_id, "replaced" if old else "added", _p50_ms(old), _p50_ms(benches[fullname])))
+        changes.append(
+            Change(result.case_id, "replaced" if old else "added", _p50_ms(old), _p50_ms(benches[fullname]))
+        )
     for case_id in sorted(prune or ()):
         entry = cases.pop(case_id, None)
         if entry is not None:
@@ -145,7 +185,12 @@ def refresh(
         "datetime": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine_info": machine_info,
         "version": pytest_benchmark.__version__,
-        "perfgate": {"schema_version": SCHEMA_VERSION, "runner": runner, "cases": dict(sorted(cases.items()))},
+        "perfgate": {
+            "schema_version": SCHEMA_VERSION,
+            "runner": runner,
+            "reference_workload": REFERENCE_NAME,
+            "cases": dict(sorted(cases.items())),
+        },
     }
     if any(c.action != "kept-out" for c in changes):
         write_json(path, document)
@@ -163,3 +208,26 @@ def baseline_samples(compared_mapping: dict[Any, dict[str, Any]] | None, fullnam
             median = bench.get("stats", {}).get("median")
             return [float(median)] if median else None
     return None
+
+
+@lru_cache(maxsize=8)
+def _cached(path: str, mtime_ns: int, size: int) -> dict[str, Any] | None:
+    return read_baseline(Path(path))
+
+
+def cached_baseline(path: Path) -> dict[str, Any] | None:
+    """:func:`read_baseline`, read once per version of the file (every case of a run asks)."""
+    try:
+        stat = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    return _cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def baseline_reference_us(document: dict[str, Any] | None, case_id: str) -> float | None:
+    """The reference workload's p50 stored with ``case_id``, if it was timed with today's kernel."""
+    if not document or document.get("perfgate", {}).get("reference_workload") != REFERENCE_NAME:
+        return None
+    case = document["perfgate"].get("cases", {}).get(case_id) or {}
+    value = (case.get("settings") or {}).get(REFERENCE_SETTING)
+    return float(value) if value else None
