@@ -115,8 +115,11 @@ def tensorrt_version() -> str:
 def qdq_export(request: BuildRequest, onnx: CacheHit) -> CacheHit | None:
     """The explicit-quantization (Q/DQ) ONNX graph of ``request``, when one exists for TensorRT.
 
-    TensorRT takes only signed, symmetric INT8 Q/DQ; a QDQ export of the quantization lowering
-    qualifies when it is built that way. ``None`` until it is: then the calibrator path is used.
+    TensorRT takes only signed, symmetric INT8 Q/DQ (zero points of 0). ONNX Runtime's
+    ``quantize_static_onnx`` is S8S8 but with asymmetric activations, so it does not qualify; a
+    symmetric variant (``ActivationSymmetric``/``WeightSymmetric``), published in
+    ``perfgate.backends.onnxruntime`` as ``quantize_static_qdq_tensorrt(request, fp32)``, would be
+    used here. ``None`` until then: the calibrator path is used.
     """
     from perfgate.backends import onnxruntime as ort_backend
 
