@@ -27,7 +27,7 @@ from perfgate.cuda_timing import CudaEventTimer, copies_timed
 
 LOWERING_DTYPES = {"none": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CUDA_TORCH_HINT = (
-    "a CUDA build of torch, e.g. pip install torch --index-url https://download.pytorch.org/whl/cu126"
+    "a CUDA build of torch (pip install torch from the PyTorch wheel index of your CUDA version)"
 )
 
 
