@@ -256,8 +256,16 @@ def _comparison_section(documents: Sequence[ResultsDocument]) -> list[str]:
     for doc in documents:
         rows = comparison_rows(doc.cases)
         if rows:
-            lines += [f"## Baseline comparison: runner `{doc.runner}`", "", *markdown_table(COMPARISON_COLUMNS, rows)]
-            lines += ["", "ratio: p50 now / p50 baseline, divided by the machine factor (reference workload now / then).", ""]
+            lines += [
+                f"## Baseline comparison: runner `{doc.runner}`",
+                "",
+                *markdown_table(COMPARISON_COLUMNS, rows),
+            ]
+            lines += [
+                "",
+                "ratio: p50 now / p50 baseline, over the machine factor (reference workload now / then).",
+                "",
+            ]
     return lines
 
 
@@ -310,7 +318,10 @@ def best_per_runner_rows(documents: Sequence[ResultsDocument]) -> list[list[str]
             fastest = min(timed, key=lambda r: (_passing_p50(r), r.case_id), default=None)
             scored = [r for r in timed if accuracy_score(r) is not None]
             best_acc = max(scored, key=lambda r: (accuracy_score(r), -_passing_p50(r)), default=None)  # type: ignore[operator]
-            front = [row["case"] for row in next(iter(model_rows(cases).values()), []) if row["pareto"]]
+            by_id = {r.case_id: r for r in cases}
+            front = [
+                by_id[row["case"]] for row in next(iter(model_rows(cases).values()), []) if row["pareto"]
+            ]
             rows.append(
                 [
                     model,
@@ -318,8 +329,10 @@ def best_per_runner_rows(documents: Sequence[ResultsDocument]) -> list[list[str]
                     _threads(cases),
                     f"`{configuration(fastest)}`" if fastest else "-",
                     _fmt(_passing_p50(fastest), ".4f") if fastest else "-",
-                    f"`{configuration(best_acc)}` ({_fmt(accuracy_score(best_acc), '.4f')})" if best_acc else "-",
-                    ", ".join(f"`{c.split('-', 1)[1]}`" for c in front) or "-",
+                    f"`{configuration(best_acc)}` ({_fmt(accuracy_score(best_acc), '.4f')})"
+                    if best_acc
+                    else "-",
+                    ", ".join(f"`{configuration(r)}`" for r in front) or "-",
                 ]
             )
     return rows
@@ -364,7 +377,16 @@ def _model_sections(documents: Sequence[ResultsDocument], plots: dict[str, list[
     return lines
 
 
-ENVIRONMENT_KEYS = ("cpu_model", "cpu_cores", "machine", "isa", "gpus", "cuda_version", "cudnn_version", "python")
+ENVIRONMENT_KEYS = (
+    "cpu_model",
+    "cpu_cores",
+    "machine",
+    "isa",
+    "gpus",
+    "cuda_version",
+    "cudnn_version",
+    "python",
+)
 
 
 def _environment_value(machine: dict[str, Any], key: str) -> str:
@@ -387,7 +409,8 @@ def _environment_section(documents: Sequence[ResultsDocument]) -> list[str]:
         rows.append((lib, [str((m.get("libraries") or {}).get(lib, "-")) for m in machines]))
     differs = len(documents) > 1
     cells = [
-        [("**" + name + "**") if differs and len(set(values)) > 1 else name, *map(_md, values)] for name, values in rows
+        [("**" + name + "**") if differs and len(set(values)) > 1 else name, *map(_md, values)]
+        for name, values in rows
     ]
     lines = ["## Environment", "", *markdown_table(("", *(f"`{d.runner}`" for d in documents)), cells), ""]
     if differs:
@@ -405,7 +428,9 @@ def drift_lines(entries: Sequence[Any]) -> list[str]:
     keys: list[str] = []
     for entry in dicts:
         keys += [k for k in entry if k not in keys]
-    lines = markdown_table(keys, ([_md(_drift_value(e.get(k))) for k in keys] for e in dicts)) if dicts else []
+    lines = (
+        markdown_table(keys, ([_md(_drift_value(e.get(k))) for k in keys] for e in dicts)) if dicts else []
+    )
     return lines + [f"- {_md(_drift_value(e))}" for e in entries if not isinstance(e, dict)]
 
 
@@ -421,7 +446,11 @@ def _drift_section(documents: Sequence[ResultsDocument]) -> list[str]:
     lines = ["## Environment drift", ""]
     recorded = [doc for doc in documents if "drift" in doc.meta]
     if not recorded:
-        return [*lines, "Not recorded: drift is checked against the baseline under `--benchmark-compare`.", ""]
+        return [
+            *lines,
+            "Not recorded: drift is checked against the baseline under `--benchmark-compare`.",
+            "",
+        ]
     for doc in recorded:
         head = [f"### runner `{doc.runner}`", ""] if len(documents) > 1 else []
         body = drift_lines(doc.drift) or ["None: the environment matches the baseline's."]
@@ -434,20 +463,33 @@ def _summary_line(documents: Sequence[ResultsDocument]) -> str:
     counts = {s: sum(r.status == s for r in cases) for s in ("passed", "failed", "error")}
     generated = sorted({str(doc.meta.get("generated", "")) for doc in documents} - {""})
     tail = f"; generated {generated[-1]}" if generated else ""
-    return f"{len(cases)} cases: {counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors{tail}."
+    passed, failed, errors = counts["passed"], counts["failed"], counts["error"]
+    return f"{len(cases)} cases: {passed} passed, {failed} failed, {errors} errors{tail}."
 
 
-def report_markdown(documents: Sequence[ResultsDocument], plots: dict[str, list[Path]] | None = None) -> list[str]:
+def report_markdown(
+    documents: Sequence[ResultsDocument], plots: dict[str, list[Path]] | None = None
+) -> list[str]:
     """``report.md``: failures first, then one section per model, then environment and drift.
 
     :param documents: one results document per runner; several make a merged report.
     :param plots: model -> plot files written next to the report, linked from its section.
     """
     runners = ", ".join(f"`{doc.runner}`" for doc in documents)
-    lines = [f"# perfgate report: runner{'s' if len(documents) > 1 else ''} {runners}", "", _summary_line(documents), ""]
+    lines = [
+        f"# perfgate report: runner{'s' if len(documents) > 1 else ''} {runners}",
+        "",
+        _summary_line(documents),
+        "",
+    ]
     lines += _failures_section(documents)
     if len(documents) > 1:
-        lines += ["## Best per runner", "", *markdown_table(BEST_COLUMNS, best_per_runner_rows(documents)), ""]
+        lines += [
+            "## Best per runner",
+            "",
+            *markdown_table(BEST_COLUMNS, best_per_runner_rows(documents)),
+            "",
+        ]
     lines += _comparison_section(documents)
     lines += _model_sections(documents, plots or {})
     lines += [LEGEND, ""]
@@ -496,7 +538,10 @@ def write_report(directory: Path, results: Sequence[CaseResult], meta: dict[str,
     document = results_document(results, meta)
     write_json(directory / "results.json", document)
     meta = {k: v for k, v in document.items() if k != "cases"}
-    return [directory / "results.json", *render(directory, [ResultsDocument(meta, list(results))], plots=_can_plot())]
+    return [
+        directory / "results.json",
+        *render(directory, [ResultsDocument(meta, list(results))], plots=_can_plot()),
+    ]
 
 
 def _can_plot() -> bool:

@@ -15,7 +15,13 @@ RESULTS_SCHEMA_VERSION = 1
 """Version of ``results.json`` (docs/results-schema.md); bump it when a field changes meaning."""
 
 # jsonio writes non-finite floats as these strings (JSON has no NaN or Infinity).
-_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "infinity": math.inf, "-infinity": -math.inf}
+_NON_FINITE = {
+    "nan": math.nan,
+    "inf": math.inf,
+    "-inf": -math.inf,
+    "infinity": math.inf,
+    "-infinity": -math.inf,
+}
 
 
 class ResultsError(RuntimeError):
@@ -136,11 +142,14 @@ def load_results(path: Path) -> ResultsDocument:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResultsError(f"results file {path} is not readable JSON ({exc})") from None
     if not isinstance(data, dict) or "schema_version" not in data:
-        raise ResultsError(f"{path} is not a perfgate results file (no schema_version); write one with --perf-report")
+        raise ResultsError(
+            f"{path} is not a perfgate results file (no schema_version); write one with --perf-report"
+        )
     version = data["schema_version"]
     if version != RESULTS_SCHEMA_VERSION:
         raise ResultsError(
-            f"results file {path} has schema version {version!r}, this perfgate reads {RESULTS_SCHEMA_VERSION}; "
+            f"results file {path} has schema version {version!r}, "
+            f"this perfgate reads {RESULTS_SCHEMA_VERSION}; "
             "re-render it with the perfgate version that wrote it, or re-run the suite"
         )
     if not isinstance(data.get("cases"), list):
