@@ -9,13 +9,20 @@ import pytest
 
 from perfgate.accuracy import AccuracyResult, Fidelity, resolve_metric
 from perfgate.backends import BACKENDS, Artifact, BuildRequest, RunSettings, Session, predict
-from perfgate.baselines import baseline_samples
+from perfgate.baselines import (
+    REFERENCE_SETTING,
+    baseline_path,
+    baseline_reference_us,
+    baseline_samples,
+    cached_baseline,
+)
 from perfgate.cache import stable_hash
 from perfgate.gates import RegressionGate, Verdict, accuracy_verdicts
 from perfgate.matrix import Case
 from perfgate.cuda_timing import record_device_timing
 from perfgate.memory import PeakMemory, gpu_peak_memory
 from perfgate.models import LoadedModel
+from perfgate.reference_workload import measure_reference
 from perfgate.results import CaseResult
 from perfgate.session import PerfgateSession
 from perfgate.stats import LatencyStats
@@ -142,12 +149,23 @@ class CaseRun:
             record_device_timing(self.result.settings, device_timer, timing.samples_s)
 
     def check_regression(self) -> None:
-        """Judge the samples against this runner's baseline, when ``--benchmark-compare`` is on."""
-        if self.compared_mapping is None or not self.result.samples_s:
+        """Time the reference workload next to the case, then judge it against this runner's baseline.
+
+        The reference is timed whenever the case was, so that a refresh stores it; the gate runs
+        under ``--benchmark-compare`` and divides the case's ratio by the reference's.
+        """
+        if not self.result.samples_s:
+            return
+        reference_us = self.result.settings[REFERENCE_SETTING] = round(measure_reference() * 1e6, 4)
+        if self.compared_mapping is None:
             return
         baseline = baseline_samples(self.compared_mapping, self.result.nodeid)
+        document = cached_baseline(baseline_path(self.session.baseline_root, self.session.runner))
+        baseline_reference = baseline_reference_us(document, self.case.id)
         verdict = RegressionGate(self.case.regression).compute(
-            _array(self.result.samples_s), _array(baseline) if baseline else None
+            _array(self.result.samples_s),
+            _array(baseline) if baseline else None,
+            reference_us / baseline_reference if baseline_reference else None,
         )
         if verdict.status == "new" and self.require_baseline:
             verdict = Verdict(verdict.gate, "fail", "no baseline for this runner (--perf-require-baseline)")

@@ -241,8 +241,9 @@ class RegressionGate:
                 current, baseline, self.policy.confidence, self.policy.resamples, self.policy.seed
             )
             values["ratio_ci"] = [low / factor, high / factor]
-            direction = "greater" if ratio >= 1.0 else "less"
-            values["p_value"] = mann_whitney_p(current, baseline * factor, direction)
+            # Test in the direction the medians moved; equal medians are no evidence of either.
+            direction = "greater" if ratio > 1.0 else "less"
+            values["p_value"] = 1.0 if ratio == 1.0 else mann_whitney_p(current, baseline * factor, direction)
         status, word = self._judge(ratio, values.get("p_value"))
         return Verdict(self.name, status, f"p50 {base * 1e3:.4g} ms -> {now * 1e3:.4g} ms, {word}", values)
 

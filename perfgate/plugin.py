@@ -12,8 +12,16 @@ import pytest
 
 from perfgate import hardware as hw
 from perfgate import hookspec
-from perfgate.baselines import BaselineError, baseline_path, read_baseline, refresh
+from perfgate.baselines import (
+    BaselineError,
+    baseline_path,
+    cached_baseline,
+    changed_only,
+    read_baseline,
+    refresh,
+)
 from perfgate.cache import ArtifactCache
+from perfgate.drift import Drift, baseline_drift
 from perfgate.matrix import MatrixError, load_matrix
 from perfgate.report import regression_lines, terminal_lines, write_report
 from perfgate.results import CaseResult
@@ -51,6 +59,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--perf-baselines", metavar="DIR", help="folder holding one baselines folder per runner (default: the perf_baselines ini value, baselines)")
     group.addoption("--perf-cache", metavar="DIR", help="artifact cache (default: PERFGATE_CACHE, else .perfgate_cache in the rootdir)")
     group.addoption("--perf-refresh-baselines", action="store_true", help="write this runner's baselines for the cases that ran and passed their accuracy gates (default: off)")
+    group.addoption("--perf-refresh-changed", action="store_true", help="like --perf-refresh-baselines, but only for the cases whose regression verdict is fail or improved; needs --benchmark-compare (default: off)")
     group.addoption("--perf-prune-baselines", action="store_true", help="with --perf-refresh-baselines, also remove baseline cases that are no longer in the matrix (default: off)")
     group.addoption("--perf-require-baseline", action="store_true", help="under --benchmark-compare, fail a case that has no baseline instead of reporting it as new (default: off)")
     group.addoption("--perf-report", metavar="DIR", help="write results.json and report.md into DIR (default: no report)")  # fmt: skip
@@ -86,6 +95,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("benchmark_storage", None) == "file://./.benchmarks":
         # pytest-benchmark (configured after us) then compares with this runner's baselines.
         config.option.benchmark_storage = "file://" + str(baseline_file.parent)
+    if config.getoption("perf_refresh_changed"):
+        if not config.getoption("benchmark_compare", None):
+            raise pytest.UsageError("--perf-refresh-changed needs --benchmark-compare: it refreshes what the gate judged")  # fmt: skip
+        config.option.perf_refresh_baselines = True
     if config.getoption("benchmark_compare", None) or config.getoption("perf_refresh_baselines"):
         try:
             read_baseline(baseline_file)
@@ -268,10 +281,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _is_worker(config):
         return
     results = config.stash[COLLECTED]
+    # Drift is judged against the baseline as it was before this run's refresh rewrites it.
+    drift = config.stash[DRIFT] = _drift(config, results)
     if config.getoption("perf_refresh_baselines") and results:
         _refresh(config, results)
     if config.getoption("perf_report") and results:
-        meta = {"runner": config.stash[RUNNER], "machine": hw.detect().to_dict()}
+        meta: dict[str, Any] = {"runner": config.stash[RUNNER], "machine": hw.detect().to_dict()}
+        if drift is not None:
+            meta["drift"] = [d.__dict__ for d in drift]
         write_report(_rooted(config, config.getoption("perf_report")), results, meta)
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and config.getoption("markexpr"):
         session.exitstatus = pytest.ExitCode.OK
@@ -280,6 +297,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 NOTHING_SELECTED = pytest.StashKey[bool]()
 REFRESH_LINES = pytest.StashKey[list[str]]()
+DRIFT = pytest.StashKey["list[Drift] | None"]()
+
+
+def _drift(config: pytest.Config, results: list[CaseResult]) -> list[Drift] | None:
+    """Environment drift against this runner's baseline; ``None`` when no case was compared."""
+    compared = [(r.case_id, r.settings) for r in results if r.verdict("regression") is not None]
+    if not compared:
+        return None
+    document = cached_baseline(baseline_path(_baseline_root(config), config.stash[RUNNER]))
+    if document is None:
+        return None
+    return baseline_drift(document, hw.detect().to_dict(), compared)
 
 
 def _refresh(config: pytest.Config, results: list[CaseResult]) -> None:
@@ -293,6 +322,8 @@ def _refresh(config: pytest.Config, results: list[CaseResult]) -> None:
     bench = getattr(config, "_benchmarksession", None)
     machine_info = {**(bench.get_machine_info() if bench else {}), "perfgate": hw.detect().to_dict()}
     commit_info = bench.config.hook.pytest_benchmark_generate_commit_info(config=config) if bench else {}
+    if config.getoption("perf_refresh_changed"):
+        results = changed_only(results)
     changes = refresh(path, runner, results, machine_info, commit_info, prune)
     config.stash[REFRESH_LINES] = [f"baselines of runner {runner!r} in {path}:", *(c.line() for c in changes)]
 
@@ -301,7 +332,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     results = config.stash.get(COLLECTED, [])
     if results:
         terminalreporter.section("perfgate")
-        for line in terminal_lines(results) + regression_lines(results):
+        drift = [d.__dict__ for d in config.stash.get(DRIFT, None) or []]
+        for line in terminal_lines(results) + regression_lines(results, drift):
             terminalreporter.write_line(line)
         terminalreporter.write_line(f"runner: {config.stash[RUNNER]}")
     for line in config.stash.get(REFRESH_LINES, []):
