@@ -61,7 +61,9 @@ def test_round_trip_through_json(samples: list[float], threads: int, reference_u
     """What a refresh writes reads back as the same samples (to 1 ns), settings and reference."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "r" / "0001_baseline.json"
-        result = case_result("m-fp32-torch_cpu-b1", samples, {"intra_op_threads": threads, REFERENCE_SETTING: reference_us})
+        result = case_result(
+            "m-fp32-torch_cpu-b1", samples, {"intra_op_threads": threads, REFERENCE_SETTING: reference_us}
+        )
         (change,) = refresh(path, "r", [result], {"perfgate": {}}, {})
         document = read_baseline(path)
         assert document is not None
@@ -76,18 +78,29 @@ def test_round_trip_through_json(samples: list[float], threads: int, reference_u
 def test_refresh_replaces_only_the_given_cases(tmp_path: Path) -> None:
     """A second refresh with one case replaces that case and keeps the other untouched."""
     path = tmp_path / "r" / "0001_baseline.json"
-    refresh(path, "r", [case_result("a-fp32-x-b1", [0.001] * 5), case_result("b-fp32-x-b1", [0.002] * 5)], {}, {})
+    refresh(
+        path, "r", [case_result("a-fp32-x-b1", [0.001] * 5), case_result("b-fp32-x-b1", [0.002] * 5)], {}, {}
+    )
     changes = refresh(path, "r", [case_result("a-fp32-x-b1", [0.003] * 5)], {}, {})
     assert [c.line() for c in changes] == [" replaced  a-fp32-x-b1  p50 1 ms -> 3 ms"]
     cases = read_baseline(path)["perfgate"]["cases"]  # type: ignore[index]
     assert sorted(cases) == ["a-fp32-x-b1", "b-fp32-x-b1"]
-    assert baseline_samples(loaded_mapping(path), "perf/test_inference.py::test_case[b-fp32-x-b1]") == [0.002] * 5
+    assert (
+        baseline_samples(loaded_mapping(path), "perf/test_inference.py::test_case[b-fp32-x-b1]")
+        == [0.002] * 5
+    )
 
 
 def test_refresh_prunes_and_keeps_out_failed_cases(tmp_path: Path) -> None:
     """Pruned cases are removed with their old p50; a case that failed its accuracy gate is not stored."""
     path = tmp_path / "r" / "0001_baseline.json"
-    refresh(path, "r", [case_result("a-fp32-x-b1", [0.001] * 5), case_result("gone-fp32-x-b1", [0.004] * 5)], {}, {})
+    refresh(
+        path,
+        "r",
+        [case_result("a-fp32-x-b1", [0.001] * 5), case_result("gone-fp32-x-b1", [0.004] * 5)],
+        {},
+        {},
+    )
     broken = case_result("c-fp32-x-b1", [0.001] * 5)
     broken.accuracy = None
     changes = refresh(path, "r", [broken], {}, {}, prune={"gone-fp32-x-b1"})
@@ -109,7 +122,10 @@ def test_reference_of_another_kernel_is_not_used(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("{not json", "is not valid JSON"), ('{"benchmarks": [], "perfgate": {"schema_version": 99}}', "schema version 99")],
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"benchmarks": [], "perfgate": {"schema_version": 99}}', "schema version 99"),
+    ],
 )
 def test_unreadable_baseline_names_the_file_and_is_kept(tmp_path: Path, text: str, expected: str) -> None:
     """A corrupt or unknown-version file raises an error naming it and the fix; a refresh never overwrites it."""
@@ -125,7 +141,9 @@ def test_unreadable_baseline_names_the_file_and_is_kept(tmp_path: Path, text: st
 def _refresh_many(path: str, worker: int, start_at: float) -> None:
     time.sleep(max(0.0, start_at - time.time()))  # start together, to make the writes collide
     for i in range(4):
-        refresh(Path(path), "r", [case_result(f"w{worker}_{i}-fp32-x-b1", [0.001 * (worker + 1)] * 50)], {}, {})
+        refresh(
+            Path(path), "r", [case_result(f"w{worker}_{i}-fp32-x-b1", [0.001 * (worker + 1)] * 50)], {}, {}
+        )
 
 
 def test_concurrent_refreshes_lose_nothing(tmp_path: Path) -> None:
@@ -141,7 +159,9 @@ def test_concurrent_refreshes_lose_nothing(tmp_path: Path) -> None:
     assert [p.exitcode for p in workers] == [0] * 6
     document = read_baseline(path)
     assert document is not None
-    assert sorted(document["perfgate"]["cases"]) == sorted(f"w{w}_{i}-fp32-x-b1" for w in range(6) for i in range(4))
+    assert sorted(document["perfgate"]["cases"]) == sorted(
+        f"w{w}_{i}-fp32-x-b1" for w in range(6) for i in range(4)
+    )
     assert len(document["benchmarks"]) == 24
 
 
@@ -172,5 +192,10 @@ def test_concurrent_cache_builds_build_once(tmp_path: Path) -> None:
     for process in workers:
         process.join(60)
     assert log.read_text() == "built\n"
-    assert len({path for path, _ in hits}) == 1 and sorted(cached for _, cached in hits) == [False, True, True, True]
+    assert len({path for path, _ in hits}) == 1 and sorted(cached for _, cached in hits) == [
+        False,
+        True,
+        True,
+        True,
+    ]
     assert Path(hits[0][0]).read_bytes() == b"x" * 100_000
