@@ -17,9 +17,11 @@ from perfgate.report import accuracy_score, human_bytes
 from perfgate.results import CaseResult, ResultsDocument
 
 LOG_SPREAD = 8.0  # a log latency axis once the slowest case is this many times the fastest
-OFFSET_RADII = (6.0, 12.0, 20.0, 30.0, 44.0, 60.0)  # label distances tried, in points
+OFFSET_RADII = (5.0, 11.0, 18.0, 27.0, 38.0, 52.0, 68.0, 86.0)  # label distances tried, in points
 LEADER_FROM = 14.0  # a label this far from its point gets a leader line back to it
-DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+# Label directions in degrees, most wanted first: straight up or down keeps leader lines short and
+# parallel, which matters because many variants tie on accuracy and sit on one horizontal row.
+ANGLES = (90, 270, 60, 120, 240, 300, 30, 150, 210, 330, 0, 180)
 MARKERS = ("o", "s", "^", "D", "v", "P")  # one per runner in a merged plot
 MIN_AREA, MAX_AREA, DEFAULT_AREA = 30.0, 420.0, 60.0  # marker areas in pt^2
 
@@ -49,7 +51,7 @@ def plot_points(cases: Sequence[CaseResult], runner: str, with_batch: bool) -> l
     front = pareto_front([(r.latency.p50_ms, accuracy_score(r)) for r in usable])  # type: ignore[union-attr,misc]
     return [
         PlotPoint(
-            label=f"{r.technique}/{r.backend}" + (f" b{r.batch_size}" if with_batch else ""),
+            label=r.technique + (f" b{r.batch_size}" if with_batch else ""),  # the colour says the backend
             latency_ms=r.latency.p50_ms,  # type: ignore[union-attr]
             accuracy=accuracy_score(r),  # type: ignore[arg-type]
             size_bytes=r.artifact_bytes,
@@ -91,9 +93,10 @@ def _overlap(a: Any, b: Any) -> float:
 def _candidates() -> Iterator[tuple[float, float, str, str]]:
     """Label offsets (points) with the alignment that keeps the text on that side of the point."""
     for radius in OFFSET_RADII:
-        for dx, dy in DIRECTIONS:
-            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
-            va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+        for angle in ANGLES:
+            dx, dy = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+            ha = "left" if dx > 0.3 else "right" if dx < -0.3 else "center"
+            va = "bottom" if dy > 0.3 else "top" if dy < -0.3 else "center"
             yield dx * radius, dy * radius, ha, va
 
 
@@ -132,13 +135,13 @@ def _place_one(
             point.label,
             (point.latency_ms, point.accuracy),
             xytext=(
-                dx + math.copysign(clearance, dx) * (dx != 0),
-                dy + math.copysign(clearance, dy) * (dy != 0),
+                dx + math.copysign(clearance, dx) * (abs(dx) > 0.1),
+                dy + math.copysign(clearance, dy) * (abs(dy) > 0.1),
             ),
             textcoords="offset points",
             ha=ha,
             va=va,
-            fontsize=7.5,
+            fontsize=7,
             color="0.15",
         )
         box = text.get_window_extent(renderer).expanded(1.06, 1.15)
@@ -164,7 +167,7 @@ def _place_one(
             textcoords="offset points",
             ha=text.get_ha(),
             va=text.get_va(),
-            fontsize=7.5,
+            fontsize=7,
             color="0.15",
             arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.6, "shrinkA": 1, "shrinkB": 3},
         )
@@ -262,7 +265,7 @@ def _frame(ax: Any, points: Sequence[PlotPoint], model: str, runners: dict[str, 
         pad = (max(xs) - min(xs)) * 0.15 or max(xs) * 0.2
         ax.set_xlim(max(0.0, min(xs) - pad), max(xs) + pad)
     spread = (max(ys) - min(ys)) or 0.01
-    ax.set_ylim(min(ys) - spread * 0.3, max(ys) + spread * 0.3)
+    ax.set_ylim(min(ys) - spread * 0.4, max(ys) + spread * 0.4)
     scale = " (log scale)" if ax.get_xscale() == "log" else ""
     ax.set_xlabel(f"p50 latency per call (ms){scale}  ←  faster")
     all_cases = [r for cases in runners.values() for r in cases]

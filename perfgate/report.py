@@ -227,7 +227,7 @@ def comparison_rows(results: Sequence[CaseResult]) -> list[list[str]]:
     """Markdown rows of every case judged against the baseline, failures first."""
     order = {"fail": 0, "improved": 1, "new": 2, "pass": 3}
     compared = sorted(
-        ((r, v) for r in results if (v := r.verdict("regression")) is not None),
+        ((r, v) for r in results if (v := r.verdict("regression")) is not None and v.status != "new"),
         key=lambda rv: (order.get(rv[1].status, 9), rv[0].case_id),
     )
     rows = []
@@ -251,22 +251,23 @@ COMPARISON_COLUMNS = ("case", "base p50 ms", "now p50 ms", "ratio", "95% CI", "m
 
 
 def _comparison_section(documents: Sequence[ResultsDocument]) -> list[str]:
-    """The baseline comparison of every compared case, per runner."""
+    """The baseline comparison of every compared case, per runner; cases without a baseline folded."""
     lines: list[str] = []
     for doc in documents:
         rows = comparison_rows(doc.cases)
+        new = [r.case_id for r in doc.cases if (v := r.verdict("regression")) and v.status == "new"]
+        if rows or new:
+            lines += [f"## Baseline comparison: runner `{doc.runner}`", ""]
+        if new:
+            # Folded, not a row each: a new runner or a grown matrix would bury the verdicts.
+            summary = f"{len(new)} cases have no baseline for this runner yet (new)"
+            lines += [f"<details><summary>{summary}</summary>", "", ", ".join(new), "", "</details>", ""]
         if rows:
-            lines += [
-                f"## Baseline comparison: runner `{doc.runner}`",
-                "",
-                *markdown_table(COMPARISON_COLUMNS, rows),
-            ]
-            lines += [
-                "",
-                "ratio: p50 now / p50 baseline, over the machine factor (reference workload now / then).",
-                "",
-            ]
+            lines += [*markdown_table(COMPARISON_COLUMNS, rows), "", RATIO_NOTE, ""]
     return lines
+
+
+RATIO_NOTE = "ratio: p50 now / p50 baseline, over the machine factor (reference workload now / then)."
 
 
 def _model_table(results: Sequence[CaseResult]) -> list[str]:
