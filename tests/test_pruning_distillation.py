@@ -63,7 +63,7 @@ def transformed(name: str, teacher: tuple[nn.Module, TransformContext], **option
 
 
 def test_unstructured_pruning_reaches_sparsity_and_keeps_accuracy(teacher) -> None:
-    """50% per-layer L1 pruning leaves 50% (+-1%) exact zeros, as plain weights, and keeps top-1."""
+    """50% global L1 pruning leaves 50% (+-1%) exact zeros, as plain weights, and keeps top-1."""
     model, ctx = teacher
     pruned = transformed("prune_unstructured", teacher, amount=0.5)
     assert abs(weight_sparsity(pruned) - 0.5) <= 0.01
@@ -73,10 +73,13 @@ def test_unstructured_pruning_reaches_sparsity_and_keeps_accuracy(teacher) -> No
     assert described["weight_sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
-def test_unstructured_global_scope_also_reaches_sparsity(teacher) -> None:
-    """Global ranking gives uneven layers but the requested overall sparsity."""
-    pruned = transformed("prune_unstructured", teacher, amount=0.7, scope="global", epochs=1)
+def test_unstructured_per_layer_scope_prunes_every_layer_alike(teacher) -> None:
+    """Per-layer ranking takes the requested share out of each layer, so also overall."""
+    pruned = transformed("prune_unstructured", teacher, amount=0.7, scope="layer", epochs=1)
     assert abs(weight_sparsity(pruned) - 0.7) <= 0.01
+    for layer in pruned.net:
+        if isinstance(layer, nn.Linear):
+            assert float((layer.weight == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
 
 
 def test_structured_pruning_removes_channels_and_keeps_accuracy(teacher) -> None:

@@ -18,7 +18,7 @@ def fine_tune_config(options: dict[str, Any]) -> TrainConfig:
     :param options: the technique options; ``epochs`` and ``lr`` override the defaults.
     """
     # One pixel of shift, not the zoo's two: a fine-tune recovers, it does not re-learn invariances.
-    return TrainConfig(epochs=int(options.get("epochs", 3)), lr=float(options.get("lr", 5e-4)), max_shift=1)
+    return TrainConfig(epochs=int(options.get("epochs", 4)), lr=float(options.get("lr", 1e-3)), max_shift=1)
 
 
 def require_labels(ctx: TransformContext, technique: str) -> None:
