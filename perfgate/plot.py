@@ -103,9 +103,9 @@ def _candidates() -> Iterator[tuple[float, float, str, str]]:
 def place_labels(ax: Any, points: Sequence[PlotPoint], areas: Sequence[float]) -> list[Any]:
     """Label every point where it overlaps no other label, marker or the axes' edge.
 
-    Greedy: each label tries offsets of growing radius in eight directions and keeps the first
-    that collides with nothing placed so far (else the least-overlapping one). Far labels get a
-    leader line so that they still point at their case.
+    Greedy: each label tries offsets of growing radius in twelve directions, vertical first, and
+    keeps the first that collides with nothing placed so far (else the least-overlapping one).
+    Far labels get a leader line so that they still point at their case.
     """
     from matplotlib.transforms import Bbox
 
@@ -125,28 +125,41 @@ def place_labels(ax: Any, points: Sequence[PlotPoint], areas: Sequence[float]) -
     return labels
 
 
+def _label(ax: Any, point: PlotPoint, offset: tuple[float, float], ha: str, va: str, leader: bool) -> Any:
+    """One label at ``offset`` points from its case, with a thin leader line back to it if asked."""
+    arrow = {"arrowstyle": "-", "color": "0.55", "lw": 0.6, "shrinkA": 1, "shrinkB": 3} if leader else None
+    return ax.annotate(
+        point.label,
+        (point.latency_ms, point.accuracy),
+        xytext=offset,
+        textcoords="offset points",
+        ha=ha,
+        va=va,
+        fontsize=7,
+        color="0.15",
+        arrowprops=arrow,
+    )
+
+
 def _place_one(
     ax: Any, point: PlotPoint, obstacles: list[Any], frame: Any, renderer: Any, area: float
 ) -> Any:
+    """Place one label at the first candidate that collides with nothing, and add it to the obstacles.
+
+    :param obstacles: display-space boxes of the markers and of the labels placed so far.
+    :param frame: the axes' box; a label reaching outside it costs as much as an overlap.
+    """
     best: tuple[float, Any] | None = None
     clearance = math.sqrt(area) / 2  # start outside the marker, in points
     for dx, dy, ha, va in _candidates():
-        text = ax.annotate(
-            point.label,
-            (point.latency_ms, point.accuracy),
-            xytext=(
-                dx + math.copysign(clearance, dx) * (abs(dx) > 0.1),
-                dy + math.copysign(clearance, dy) * (abs(dy) > 0.1),
-            ),
-            textcoords="offset points",
-            ha=ha,
-            va=va,
-            fontsize=7,
-            color="0.15",
+        offset = (
+            dx + math.copysign(clearance, dx) * (abs(dx) > 0.1),
+            dy + math.copysign(clearance, dy) * (abs(dy) > 0.1),
         )
+        text = _label(ax, point, offset, ha, va, leader=False)
         box = text.get_window_extent(renderer).expanded(1.06, 1.15)
         cost = sum(_overlap(box, other) for other in obstacles)
-        cost += box.width * box.height - _overlap(box, frame)  # outside the axes counts as overlap
+        cost += box.width * box.height - _overlap(box, frame)
         if best is None or cost < best[0]:
             if best is not None:
                 best[1].remove()
@@ -157,20 +170,9 @@ def _place_one(
             break
     assert best is not None
     text = best[1]
-    offset = text.xyann
-    if math.hypot(*offset) > LEADER_FROM + math.sqrt(area) / 2:
+    if math.hypot(*text.xyann) > LEADER_FROM + clearance:
         text.remove()
-        text = ax.annotate(
-            point.label,
-            (point.latency_ms, point.accuracy),
-            xytext=offset,
-            textcoords="offset points",
-            ha=text.get_ha(),
-            va=text.get_va(),
-            fontsize=7,
-            color="0.15",
-            arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.6, "shrinkA": 1, "shrinkB": 3},
-        )
+        text = _label(ax, point, text.xyann, text.get_ha(), text.get_va(), leader=True)
     obstacles.append(text.get_window_extent(renderer).expanded(1.06, 1.15))
     return text
 
