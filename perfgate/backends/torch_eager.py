@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,48 @@ def quantize_dynamic_int8(module: torch.nn.Module) -> torch.nn.Module:
 
     supported = {torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU}
     return quantize_dynamic(copy.deepcopy(module), supported, dtype=torch.qint8)
+
+
+def quantize_static_int8(request: BuildRequest) -> torch.nn.Module:
+    """Static INT8 through FX graph mode, calibrated as the technique's options say."""
+    from perfgate.techniques import fx_quant
+    from perfgate.techniques.quantization import Calibration
+
+    return fx_quant.quantize_static(request.model, request.data, Calibration.from_options(request.options))
+
+
+def convert_qat_int8(request: BuildRequest) -> torch.nn.Module:
+    """The QAT technique's fake-quant model, converted to INT8 modules with its learned scales."""
+    from perfgate.techniques import fx_quant
+
+    return fx_quant.convert_qat(request.model)
+
+
+class BFloat16Module(torch.nn.Module):
+    """Weights and compute in bfloat16 (oneDNN AVX512-BF16/AMX kernels), float32 in and out.
+
+    A whole-model cast rather than autocast: autocast re-casts every weight on every call, which
+    on a model this small costs more than the bf16 kernels save. Normalisations and softmax still
+    accumulate in float32 inside torch's CPU kernels.
+    """
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = copy.deepcopy(inner).to(torch.bfloat16).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(torch.bfloat16)).float()
+
+
+# What each lowering makes of the technique's torch model; fp16 is absent on purpose: torch's CPU
+# fp16 kernels are reference loops on most x86 CPUs, a case nobody would deploy.
+LOWERINGS: dict[str, Callable[[BuildRequest], torch.nn.Module]] = {
+    "none": lambda request: request.model,
+    "int8_dynamic": lambda request: quantize_dynamic_int8(request.model),
+    "int8_static": quantize_static_int8,
+    "int8_qat": convert_qat_int8,
+    "bf16": lambda request: BFloat16Module(request.model),
+}
 
 
 class TorchSession:
@@ -72,10 +115,7 @@ class TorchEagerBackend(Backend):
 
     def build(self, request: BuildRequest) -> Artifact:
         start = time.perf_counter()
-        module = request.model
-        if request.lowering == "int8_dynamic":
-            module = quantize_dynamic_int8(module)
-        module = module.to(self._torch_device()).eval()
+        module = LOWERINGS[request.lowering](request).to(self._torch_device()).eval()
         return Artifact(
             path=None,
             size_bytes=serialized_size(module),
@@ -101,5 +141,5 @@ class TorchEagerBackend(Backend):
         return torch.device("cuda" if self.device == "cuda" else "cpu")
 
 
-TORCH_CPU = TorchEagerBackend("torch_cpu", "cpu", frozenset({"none", "int8_dynamic"}))
+TORCH_CPU = TorchEagerBackend("torch_cpu", "cpu", frozenset(LOWERINGS))
 TORCH_CUDA = TorchEagerBackend("torch_cuda", "cuda", frozenset({"none"}))
