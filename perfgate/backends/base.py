@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NoReturn, Protocol
 
 import numpy as np
 
@@ -91,6 +91,20 @@ class Backend:
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> Session:
         raise NotImplementedError
+
+
+def skip_case(reason: str) -> NoReturn:
+    """Skip the running case from ``build`` or ``load``, for what only the build can find out.
+
+    For a lowering this runner cannot do faithfully (a precision the CPU would silently replace,
+    a calibration method the toolchain lacks, an optional converter not installed): a one-line
+    reason, not a failure. What ``missing`` can tell at collection belongs there instead.
+
+    :param reason: the skip line; it names the case and what is missing.
+    """
+    import pytest
+
+    pytest.skip(reason)
 
 
 def predict(session: Session, inputs: np.ndarray, batch_size: int) -> np.ndarray:

@@ -37,19 +37,19 @@ Lowerings, all on the same ONNX export:
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
+from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings, skip_case
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.export import export_onnx
+from perfgate.jsonio import dumps_stable
 
 # Lowering -> the inference precision it asks of the CPU plugin.
 PRECISIONS = {"none": "f32", "int8_static": "f32", "int8_qat": "f32", "fp16": "f16", "bf16": "bf16"}
-# What OpenVINO reports back for each precision (its element type's name).
-PRECISION_TYPES = {"f32": "f32", "f16": "f16", "bf16": "bf16"}
 IR_RECIPE_VERSION = 1  # bump when the conversion or quantization recipe changes
 
 
@@ -142,7 +142,12 @@ def convert_ir(request: BuildRequest, onnx_path: Path) -> tuple[CacheHit, dict[s
 
     compress = request.lowering == "fp16"  # FP16 weights on disk only where FP16 is asked for
     key = stable_hash(
-        "openvino-ir", onnx_path.parent.name, compress, _calibration_key(request), ov.__version__, IR_RECIPE_VERSION
+        "openvino-ir",
+        onnx_path.parent.name,
+        compress,
+        _calibration_key(request),
+        ov.__version__,
+        IR_RECIPE_VERSION,
     )
     info: dict[str, Any] = {}
 
@@ -151,7 +156,7 @@ def convert_ir(request: BuildRequest, onnx_path: Path) -> tuple[CacheHit, dict[s
         if request.lowering == "int8_static":
             model, quantization = quantize_nncf(model, request)
             info.update(quantization)
-            path.with_name("quantization.json").write_text(_json(quantization))
+            path.with_name("quantization.json").write_text(dumps_stable(quantization))
         ov.save_model(model, str(path), compress_to_fp16=compress)
 
     hit = request.cache.get_or_build("openvino", key, "model.xml", build)
@@ -161,15 +166,7 @@ def convert_ir(request: BuildRequest, onnx_path: Path) -> tuple[CacheHit, dict[s
     return hit, info
 
 
-def _json(data: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(data, indent=1, sort_keys=True)
-
-
 def _load_json(path: Path) -> dict[str, Any]:
-    import json
-
     return dict(json.loads(path.read_text()))
 
 
@@ -248,7 +245,10 @@ class OpenVinoCpuBackend(Backend):
     requires = ("openvino", "onnx", "onnxruntime")  # the shared ONNX export is validated with ORT
     install_hint = "pip install 'perfgate[cpu]'"
     lowerings = frozenset(PRECISIONS)
-    sessions: ClassVar[dict[str, type]] = {"LATENCY": OpenVinoLatencySession, "THROUGHPUT": OpenVinoThroughputSession}
+    sessions: ClassVar[dict[str, type]] = {
+        "LATENCY": OpenVinoLatencySession,
+        "THROUGHPUT": OpenVinoThroughputSession,
+    }
 
     def __init__(self, name: str, hint: str) -> None:
         self.name = name  # type: ignore[misc]
@@ -286,8 +286,10 @@ class OpenVinoCpuBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = settings.intra_op_threads
         compiled = ov.Core().compile_model(str(artifact.path), "CPU", config)
         actual = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        if actual != PRECISION_TYPES[wanted]:
-            _skip(f"{request.case_id}: this CPU has no {wanted} arithmetic; OpenVINO would run it in {actual}")
+        if actual != wanted:  # the CPU plugin falls back silently; a bf16 run is no fp16 result
+            skip_case(
+                f"{request.case_id}: this CPU has no {wanted} arithmetic; OpenVINO would run it in {actual}"
+            )
         recorded = {
             "performance_hint": self.hint,
             "num_streams": int(compiled.get_property("NUM_STREAMS")),
@@ -311,14 +313,9 @@ def _require_nncf(case_id: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec("nncf") is None:
-        _skip(f"{case_id}: nncf is not installed (pip install 'perfgate[cpu]'), OpenVINO's INT8 PTQ needs it")
-
-
-def _skip(reason: str) -> None:
-    """Skip the running case: what it asks cannot be done on this runner (a reason, not a failure)."""
-    import pytest
-
-    pytest.skip(reason)
+        skip_case(
+            f"{case_id}: nncf is not installed (pip install 'perfgate[cpu]'), OpenVINO's INT8 PTQ needs it"
+        )
 
 
 OPENVINO_CPU = OpenVinoCpuBackend("openvino_cpu", "LATENCY")

@@ -1,0 +1,312 @@
+"""LiteRT (TFLite) on the CPU with the XNNPACK delegate, converted from torch by litert-torch.
+
+The conversion (``litert_torch.convert``) traces the torch model at the case's batch size: a
+LiteRT interpreter has static shapes, so each batch size is its own cached ``.tflite``. The
+runtime is ``ai_edge_litert``'s interpreter, or ``tflite_runtime``'s when only that one is
+installed; its default op resolver applies XNNPACK to every op it supports, and the session
+records whether a delegate node was created. The input is copied into the interpreter's tensor
+once, in ``bind``; the timed ``run`` is a bare ``invoke()``.
+
+Lowerings:
+
+- ``none``: FP32, a lossless conversion.
+- ``int8_dynamic``: litert-torch's PT2E quantizer with its dynamic config (per-channel INT8
+  weights); the converter lowers it to TFLite's dynamic-range kernels, which quantize
+  activations on the fly.
+- ``int8_static``: full-integer INT8. The PT2E quantizer (per-channel symmetric INT8 weights,
+  per-tensor INT8 activations) is calibrated on the technique's calibration set and the converter
+  emits INT8 kernels end to end, with an INT8 input and output. A full-integer model is fed
+  quantized data in deployment, so the input is quantized with the model's input scale in
+  ``bind`` (outside the timed call) and the output dequantized in ``output``. Calibration:
+  ``minmax`` uses a MinMax observer and ``entropy`` the quantizer's default HistogramObserver (a
+  histogram search that minimises the L2 quantization error; LiteRT has no KL-entropy
+  observer). ``percentile`` is skipped with its reason: neither litert-torch nor torchao's PT2E
+  ships a percentile observer, and perfgate does not write its own.
+- ``fp16``: TFLite's float16 post-training quantization (litert-torch's ``full_fp16_recipe``
+  through ai-edge-quantizer): FP16 weights, half the size, dequantized at load. XNNPACK computes
+  in FP32 on x86; FP16 arithmetic needs an ARM CPU with FP16 (``neon`` + fp16).
+
+Not listed, hence never generated: ``int8_qat`` (the QAT model carries torch.ao FX fake-quant
+modules, which litert-torch's exporter does not lower; QAT for LiteRT would need PT2E QAT from the
+start) and ``bf16`` (TFLite has no BF16 inference on the CPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings, skip_case
+from perfgate.cache import CacheHit, stable_hash
+from perfgate.jsonio import dumps_stable
+
+RUNTIMES = ("ai_edge_litert", "tflite_runtime")  # preferred first
+CONVERTER_RECIPE_VERSION = 2  # bump when the conversion or quantization recipe changes
+
+
+@contextmanager
+def quiet_converter() -> Iterator[None]:
+    """Silence litert-torch's and torch.export's warnings during a conversion.
+
+    They are the converter's own deprecation notes; under ``filterwarnings = error`` they would
+    fail the case for something only the converter can fix.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def interpreter_class() -> Any:
+    """The LiteRT interpreter class: ``ai_edge_litert``'s, else ``tflite_runtime``'s."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+    return Interpreter
+
+
+def activation_observer(method: str) -> tuple[Any, str] | None:
+    """The PT2E activation observer for a calibration method, or ``None`` when LiteRT has none.
+
+    :param method: perfgate's calibration method (``minmax``, ``entropy`` or ``percentile``).
+    """
+    from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
+
+    observers = {
+        "minmax": (MinMaxObserver, "MinMaxObserver"),
+        "entropy": (HistogramObserver, "HistogramObserver"),
+    }
+    return observers.get(method)
+
+
+def pt2e_quantizer(dynamic: bool, observer: Any = None) -> Any:
+    """litert-torch's PT2E quantizer, per-channel symmetric INT8 weights.
+
+    :param dynamic: dynamic-range (weights only, activations at run time) or static.
+    :param observer: the activation observer class of a static config; the quantizer's default
+        (HistogramObserver) when ``None``.
+    """
+    import dataclasses
+
+    from litert_torch.quantize import pt2e_quantizer as pq
+
+    config = pq.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
+    if observer is not None:
+        spec = dataclasses.replace(
+            config.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12)
+        )
+        config = dataclasses.replace(config, input_activation=spec, output_activation=spec)
+    return pq.PT2EQuantizer().set_global(config)
+
+
+def calibration_batches(request: BuildRequest, calibration: Any) -> list[np.ndarray]:
+    """The technique's calibration set, in its calibration batches.
+
+    :param request: the case's build request.
+    :param calibration: the technique's :class:`perfgate.techniques.quantization.Calibration`.
+    """
+    return calibration.batches(request.data)
+
+
+def quantize_pt2e(request: BuildRequest, quantizer: Any, batches: list[np.ndarray]) -> Any:
+    """Export, annotate, calibrate and convert the model with a PT2E quantizer.
+
+    :param request: the case's build request.
+    :param quantizer: the PT2E quantizer.
+    :param batches: calibration inputs (of two samples or more); a dynamic config still needs one
+        pass for its weight observers.
+    """
+    import torch
+    from torchao.quantization.pt2e import quantize_pt2e as pt2e
+
+    # A dynamic batch axis while calibrating, so that calibration runs in big batches; the
+    # converter traces the quantized graph again at the case's static batch size.
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    traced = torch.from_numpy(batches[0])  # torch.export specializes a batch of 1: trace a bigger one
+    exported = torch.export.export(request.model, (traced,), dynamic_shapes=({0: batch},)).module()
+    prepared = pt2e.prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for batch in batches:
+            prepared(torch.from_numpy(batch))
+    return pt2e.convert_pt2e(prepared, fold_quantize=False)
+
+
+def convert(request: BuildRequest, path: Path) -> dict[str, Any]:
+    """Convert the request's model to a ``.tflite`` at ``path`` with its lowering; return its info.
+
+    :param request: the case's build request.
+    :param path: where the flatbuffer goes.
+    """
+    import litert_torch
+    import torch
+    from litert_torch.quantize import quant_config
+
+    example = torch.from_numpy(request.data.example(request.batch_size))
+    model, config, info = request.model, None, {}
+    if request.lowering == "int8_dynamic":
+        quantizer = pt2e_quantizer(dynamic=True)
+        model = quantize_pt2e(request, quantizer, [request.data.example(2)])
+        config = quant_config.QuantConfig(pt2e_quantizer=quantizer)
+    elif request.lowering == "int8_static":
+        from perfgate.techniques.quantization import Calibration
+
+        calibration = Calibration.from_options(request.options)
+        observer, observer_name = activation_observer(calibration.method)  # type: ignore[misc]
+        quantizer = pt2e_quantizer(dynamic=False, observer=observer)
+        model = quantize_pt2e(request, quantizer, calibration_batches(request, calibration))
+        config = quant_config.QuantConfig(pt2e_quantizer=quantizer)
+        info = {"calibration": calibration.to_dict(), "activation_observer": observer_name}
+    elif request.lowering == "fp16":
+        from litert_torch.generative.quantize import quant_recipes
+
+        config = quant_recipes.full_fp16_recipe()
+        info = {"weights": "fp16"}
+    litert_torch.convert(model, (example,), quant_config=config).export(str(path))
+    return info
+
+
+class LiteRtSession:
+    """A LiteRT interpreter; ``bind`` fills its input tensor once, ``run`` is ``invoke()``."""
+
+    needs_sync = False
+
+    def __init__(self, interpreter: Any, settings: dict[str, Any]) -> None:
+        self.interpreter = interpreter
+        self.settings = settings
+        self._input = interpreter.get_input_details()[0]
+        self._output = interpreter.get_output_details()[0]
+
+    def bind(self, inputs: np.ndarray) -> None:
+        self.interpreter.set_tensor(self._input["index"], quantize_input(inputs, self._input))
+
+    def run(self) -> None:
+        self.interpreter.invoke()
+
+    def output(self) -> np.ndarray:
+        return dequantize_output(self.interpreter.get_tensor(self._output["index"]), self._output)
+
+    def synchronize(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.interpreter = None
+
+
+def quantize_input(inputs: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Float inputs as the tensor ``detail`` takes them: as is, or INT8 with its scale and zero point."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype == inputs.dtype:
+        return inputs
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(inputs / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def dequantize_output(outputs: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """An output tensor in float32, dequantized with its scale and zero point if it is integer."""
+    if np.issubdtype(outputs.dtype, np.floating):
+        return outputs.astype(np.float32, copy=False)
+    scale, zero_point = detail["quantization"]
+    return (outputs.astype(np.float32) - zero_point) * scale
+
+
+class LiteRtCpuBackend(Backend):
+    """LiteRT's interpreter with XNNPACK, on a model litert-torch converts at the case's batch size."""
+
+    name = "litert_cpu"
+    marker = "litert"
+    requires = ("litert_torch",)
+    install_hint = "pip install 'perfgate[edge]'"
+    lowerings = frozenset({"none", "int8_dynamic", "int8_static", "fp16"})
+
+    def missing(self) -> str | None:
+        """Why LiteRT cannot run here: the converter or both runtimes are absent."""
+        reason = super().missing()
+        if reason is None and not any(importlib.util.find_spec(module) for module in RUNTIMES):
+            reason = f"{self.name}: ai_edge_litert (or tflite_runtime) is not installed ({self.install_hint})"
+        return reason
+
+    def build(self, request: BuildRequest) -> Artifact:
+        hit, info = self._convert(request)
+        return Artifact(
+            path=hit.path,
+            size_bytes=hit.path.stat().st_size,
+            build_s=hit.build_s,
+            cached=hit.cached,
+            info={"lowering": request.lowering, **info},
+        )
+
+    def _convert(self, request: BuildRequest) -> tuple[CacheHit, dict[str, Any]]:
+        from importlib.metadata import version
+
+        import torch
+
+        calibration = None
+        if request.lowering == "int8_static":
+            from perfgate.techniques.quantization import Calibration
+
+            calibration = Calibration.from_options(request.options)
+            if activation_observer(calibration.method) is None:
+                skip_case(
+                    f"{request.case_id}: LiteRT has no {calibration.method} calibration "
+                    "(litert-torch's PT2E quantizer offers minmax and entropy-like histogram observers)"
+                )
+        data_key = calibration.to_dict() if calibration else None
+        key = stable_hash(
+            "litert", request.model_key, request.lowering, request.batch_size, data_key,
+            request.data.fingerprint() if calibration else None,
+            version("litert-torch"), torch.__version__, CONVERTER_RECIPE_VERSION,
+        )  # fmt: skip
+        info: dict[str, Any] = {}
+
+        def build(path: Path) -> None:
+            with quiet_converter():
+                info.update(convert(request, path))
+            path.with_name("conversion.json").write_text(dumps_stable(info))
+
+        hit = request.cache.get_or_build("litert", key, "model.tflite", build)
+        record = hit.path.with_name("conversion.json")
+        if not info and record.exists():
+            info = _load_json(record)
+        return hit, info
+
+    def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> LiteRtSession:
+        interpreter_type = interpreter_class()
+        interpreter = interpreter_type(model_path=str(artifact.path), num_threads=settings.intra_op_threads)
+        interpreter.allocate_tensors()
+        # The interpreter has no public listing of its execution plan; a missing one reads as unknown.
+        details = getattr(interpreter, "_get_ops_details", None)
+        ops = {op["op_name"] for op in details()} if details else set()
+        recorded = {
+            "num_threads": settings.intra_op_threads or "default",
+            "xnnpack": "DELEGATE" in ops if details else "unknown",
+            "runtime": interpreter_type.__module__.split(".")[0],
+            "runtime_version": _runtime_version(),
+            **{k: v for k, v in artifact.info.items() if k != "lowering"},
+        }
+        return LiteRtSession(interpreter, recorded)
+
+
+def _runtime_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for distribution in ("ai-edge-litert", "tflite-runtime"):
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+LITERT_CPU = LiteRtCpuBackend()
