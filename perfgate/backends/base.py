@@ -25,6 +25,9 @@ class BuildRequest:
     data: ModelData
     batch_size: int
     cache: ArtifactCache
+    # The session's thread settings, for a backend whose build depends on them (inductor bakes
+    # the thread count into its kernels); ``None`` when the caller does not give them.
+    run_settings: RunSettings | None = None
 
 
 @dataclass
@@ -69,6 +72,8 @@ class Backend:
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
     install_hint: ClassVar[str] = ""
     lowerings: ClassVar[frozenset[str]] = frozenset({"none"})
+    # Markers every case of this backend gets besides ``marker`` (torch.compile: "compiled").
+    extra_markers: ClassVar[tuple[str, ...]] = ()
 
     def supports(self, lowering: str) -> bool:
         """Whether this backend can run a technique that asks for ``lowering``."""
