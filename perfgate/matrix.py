@@ -204,8 +204,8 @@ def _generate(matrix: Matrix, profile: dict[str, Any]) -> None:
                     layers = [global_layer, {"accuracy": technique.accuracy}, tech_table, model_table]
                     layers += [o for o in overrides if fnmatch.fnmatchcase(case_id, str(o.get("match", "")))]
                     accuracy, regression, timing = _policies(matrix, case_id, layers)
-                    markers = ["cpu" if backend.device == "cpu" else "gpu", backend.marker, *backend.extra_markers]
-                    markers += model.markers
+                    markers = ["cpu" if backend.device == "cpu" else "gpu", backend.marker]
+                    markers += [*backend.extra_markers, *model.markers]
                     markers += [technique.family] if technique.family else []
                     markers += [*tech_table.get("markers", []), *backend_table.get("markers", [])]
                     threads = {
