@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import TinyMLP, blobs, tiny_mlp
 from torch import nn
 
 from fixtures.zoo import MobileNetV2, PatchTransformer, ResNet, half_width_student
@@ -18,7 +19,6 @@ from perfgate.techniques import TECHNIQUES, TransformContext
 from perfgate.techniques.finetune import parameter_count
 from perfgate.techniques.pruning import prune_channels, weight_sparsity
 from perfgate.techniques.runtime import physical_cores
-from tiny_models import TinyMLP, blobs, tiny_mlp
 
 REPO = Path(__file__).parent.parent
 
@@ -57,8 +57,8 @@ def top1(model: nn.Module, ctx: TransformContext) -> float:
 def transformed(name: str, teacher: tuple[nn.Module, TransformContext], **options: object) -> nn.Module:
     technique = TECHNIQUES.get(name)
     model, ctx = teacher
-    ctx = TransformContext(ctx.model_name, ctx.model_key, ctx.data, ctx.cache, {**technique.default_options, **options},
-                           ctx.progress)  # fmt: skip
+    options = {**technique.default_options, **options}
+    ctx = TransformContext(ctx.model_name, ctx.model_key, ctx.data, ctx.cache, options, ctx.progress)
     return technique.transform(model, ctx)
 
 
@@ -100,7 +100,11 @@ def test_structured_pruning_removes_channels_and_keeps_accuracy(teacher) -> None
     [
         (lambda: ResNet(1, (8, 16), (1, 1)), 0.22, 0.30),  # inner convs only: shortcuts, stem, fc stay
         (lambda: MobileNetV2(1, 8, ((1, 8, 1, 1), (4, 16, 2, 2)), 32), 0.15, 0.30),  # expanded channels
-        (lambda: PatchTransformer(image=16, patch=4, dim=16, depth=1, heads=2, ff=64), 0.15, 0.30),  # FFN units
+        (
+            lambda: PatchTransformer(image=16, patch=4, dim=16, depth=1, heads=2, ff=64),
+            0.15,
+            0.30,
+        ),  # FFN units
     ],
     ids=["resnet", "mobilenetv2", "transformer"],
 )
@@ -116,21 +120,28 @@ def test_structured_pruning_handles_every_zoo_architecture(build, low: float, hi
 
 
 def test_structured_pruning_names_the_model_it_cannot_handle() -> None:
-    with pytest.raises(ValueError, match=r"prune_structured: model 'lonely' \(Conv2d\) has no chain it can prune"):
+    with pytest.raises(
+        ValueError, match=r"prune_structured: model 'lonely' \(Conv2d\) has no chain it can prune"
+    ):
         prune_channels(nn.Conv2d(1, 4, 3), 0.3, "lonely")
 
 
 def test_distilled_student_is_smaller_and_accurate(teacher) -> None:
     """A quarter-width student trained on softened outputs reaches 98% of the teacher's top-1."""
     model, ctx = teacher
-    student = transformed("distill", teacher, student=f"{__name__}:half_mlp", epochs=8, temperature=4.0, alpha=0.7)
+    student = transformed(
+        "distill", teacher, student=f"{__name__}:half_mlp", epochs=8, temperature=4.0, alpha=0.7
+    )
     assert isinstance(student, HalfMLP)
     assert parameter_count(student) < parameter_count(model) / 4
     assert top1(student, ctx) >= 0.98 * top1(model, ctx)
 
 
 def test_half_width_students_of_the_zoo_are_smaller() -> None:
-    for teacher in (ResNet(1, (8, 16), (1, 1)), PatchTransformer(image=16, patch=4, dim=16, depth=1, heads=2, ff=32)):
+    for teacher in (
+        ResNet(1, (8, 16), (1, 1)),
+        PatchTransformer(image=16, patch=4, dim=16, depth=1, heads=2, ff=32),
+    ):
         student = half_width_student(teacher)
         assert type(student) is type(teacher)
         assert parameter_count(student) < parameter_count(teacher) / 2
@@ -144,13 +155,14 @@ def test_channels_last_is_never_generated_for_onnxruntime() -> None:
     backends = {c.backend for c in matrix.cases if c.technique == "channels_last"}
     assert "torch_cpu" in backends and "onnxruntime_cpu" not in backends
     reasons = {e.combination: e.reason for e in matrix.excluded}
-    assert reasons["digits_resnet-channels_last-onnxruntime_cpu"] == "channels_last means nothing to onnxruntime_cpu"
+    assert (
+        reasons["digits_resnet-channels_last-onnxruntime_cpu"]
+        == "channels_last means nothing to onnxruntime_cpu"
+    )
 
 
 def test_physical_cores_counts_smt_siblings_once() -> None:
-    cpuinfo = "\n\n".join(
-        f"processor\t: {cpu}\nphysical id\t: 0\ncore id\t\t: {cpu % 2}" for cpu in range(4)
-    )
+    cpuinfo = "\n\n".join(f"processor\t: {cpu}\nphysical id\t: 0\ncore id\t\t: {cpu % 2}" for cpu in range(4))
     assert physical_cores(cpuinfo, {0, 1, 2, 3}) == 2
     assert physical_cores(cpuinfo, {0}) == 1
     assert physical_cores("", {0, 1, 2}) == 3  # no topology: every allowed CPU counts
@@ -183,7 +195,10 @@ def test_threads_tuned_and_sparsity_are_recorded(perf_project: pytest.Pytester) 
     tests = Path(__file__).parent.as_posix()
     (perf_project.path / "perf" / "matrix.toml").write_text(THREADS_MATRIX.format(tests=tests))
     perf_project.runpytest("perf", "--perf-report", "out").assert_outcomes(passed=3)
-    cases = {c["technique"]: c for c in json.loads((perf_project.path / "out" / "results.json").read_text())["cases"]}
+    cases = {
+        c["technique"]: c
+        for c in json.loads((perf_project.path / "out" / "results.json").read_text())["cases"]
+    }
     expected = min(physical_cores(), len(__import__("os").sched_getaffinity(0)))
     assert cases["threads_tuned"]["settings"]["intra_op_threads"] == expected
     assert cases["fp32"]["settings"]["intra_op_threads"] == 1

@@ -23,15 +23,24 @@ class Distillation(Technique):
         require_labels(ctx, self.name)
         options = ctx.options
         if not options.get("student"):
-            raise ValueError(f"distill: model {ctx.model_name!r}: set [techniques.distill] options.student "
-                             "to a 'module:function' that builds a student from the teacher")  # fmt: skip
+            raise ValueError(
+                f"distill: model {ctx.model_name!r}: set [techniques.distill] options.student "
+                "to a 'module:function' that builds a student from the teacher"
+            )
         builder = import_object(str(options["student"]))
         torch.manual_seed(int(options["seed"]))  # the student's initialisation enters no cache key otherwise
         student = builder(model)
-        config = TrainConfig(epochs=int(options["epochs"]), lr=float(options["lr"]), max_shift=int(options["max_shift"]),
-                             label_smoothing=0.0, seed=int(options["seed"]))  # fmt: skip
+        config = TrainConfig(
+            epochs=int(options["epochs"]),
+            lr=float(options["lr"]),
+            max_shift=int(options["max_shift"]),
+            label_smoothing=0.0,  # the soft targets already are smooth
+            seed=int(options["seed"]),
+        )
         loss = distillation_loss(model, float(options["temperature"]), float(options["alpha"]))
-        return cached_fit(student, ctx, "distilled", self.transform_key(options) + repr(student), config, loss)
+        return cached_fit(
+            student, ctx, "distilled", self.transform_key(options) + repr(student), config, loss
+        )
 
     def transform_key(self, options: dict[str, Any]) -> str | None:
         return f"distill:{sorted(options.items())}"
@@ -47,6 +56,13 @@ DISTILL = Distillation(
     # A student is a different, smaller network: it is held to the task metric (within 2% of the
     # teacher's top-1) and to agreeing with the teacher, not to the teacher's exact logits.
     accuracy={"min_relative_metric": 0.98, "min_top1_agreement": 0.95},
-    default_options={"student": None, "temperature": 4.0, "alpha": 0.7, "epochs": 15, "lr": 3e-3,
-                     "max_shift": 1, "seed": 0},  # fmt: skip
+    default_options={
+        "student": None,
+        "temperature": 4.0,
+        "alpha": 0.7,
+        "epochs": 15,
+        "lr": 3e-3,
+        "max_shift": 1,
+        "seed": 0,
+    },
 )

@@ -141,7 +141,11 @@ def _linear(linear: nn.Linear, out_index: torch.Tensor | None, in_index: torch.T
 
 
 def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
 
 
 def _conv_chains(seq: nn.Sequential) -> list[tuple[int, list[int], int]]:
@@ -247,7 +251,11 @@ class StructuredPruning(Technique):
 
     def describe(self, model: Any, original: Any) -> dict[str, Any]:
         before, after = parameter_count(original), parameter_count(model)
-        return {"params_before": before, "params_after": after, "params_removed": round(1 - after / before, 4)}
+        return {
+            "params_before": before,
+            "params_after": after,
+            "params_removed": round(1 - after / before, 4),
+        }
 
 
 UNSTRUCTURED_ACCURACY: dict[str, float | None] = {"min_relative_metric": 0.99, "min_top1_agreement": 0.97}
