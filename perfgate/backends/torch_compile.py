@@ -19,6 +19,7 @@ another name.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -42,8 +43,10 @@ def compile_module(module: torch.nn.Module, example: torch.Tensor, threads: int 
         # Dynamo's guards ignore the thread count: without a reset, a second case on the same
         # module would reuse kernels generated for another count (and report no compile time).
         torch.compiler.reset()
-        compiled = torch.compile(module, backend="inductor", dynamic=False)
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # inductor's own deprecation chatter (torch.jit.script_method), not ours to fix
+            warnings.simplefilter("ignore", DeprecationWarning)
+            compiled = torch.compile(module, backend="inductor", dynamic=False)
             compiled(example)
         return compiled, time.perf_counter() - start
     finally:
