@@ -50,7 +50,7 @@ from perfgate.jsonio import dumps_stable
 
 # Lowering -> the inference precision it asks of the CPU plugin.
 PRECISIONS = {"none": "f32", "int8_static": "f32", "int8_qat": "f32", "fp16": "f16", "bf16": "bf16"}
-IR_RECIPE_VERSION = 1  # bump when the conversion or quantization recipe changes
+IR_RECIPE_VERSION = 2  # bump when the conversion or quantization recipe changes
 
 
 def nncf_range_estimator(method: str, percentile: float) -> tuple[Any, str]:
@@ -110,6 +110,8 @@ def quantize_nncf(model: Any, request: BuildRequest) -> tuple[Any, dict[str, Any
         preset=nncf.QuantizationPreset.MIXED if transformer else nncf.QuantizationPreset.PERFORMANCE,
         model_type=nncf.ModelType.TRANSFORMER if transformer else None,
         subset_size=len(samples),
+        # Full bias correction: NNCF's fast variant took digits_resnet's SQNR from 32 dB to 13 dB.
+        fast_bias_correction=False,
         advanced_parameters=nncf.AdvancedQuantizationParameters(activations_range_estimator_params=estimator),
     )
     info = {
