@@ -33,7 +33,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qa
 from perfgate.data import ModelData
 from perfgate.techniques.quantization import Calibration
 
-RECIPE_VERSION = 1  # bump when the QAT recipe changes, so cached fine-tunes are rebuilt
+RECIPE_VERSION = 2  # bump when the QAT recipe changes, so cached fine-tunes are rebuilt
 ENGINE = "x86"  # torch's CPU engine: fbgemm or oneDNN per op, VNNI/AMX kernels where present
 
 
@@ -73,7 +73,9 @@ def activation_observer(calibration: Calibration) -> Any:
     ``entropy`` is torch's HistogramObserver, which searches the range that minimises the
     quantization error of the histogram; torch.ao has no KL-divergence observer.
     """
-    common = {"dtype": torch.quint8, "qscheme": torch.per_tensor_affine, "reduce_range": reduce_range()}
+    # quant_max rather than reduce_range=True, which torch deprecates with a warning.
+    common = {"dtype": torch.quint8, "qscheme": torch.per_tensor_affine, "quant_min": 0,
+              "quant_max": 127 if reduce_range() else 255}  # fmt: skip
     observers = {
         "minmax": MinMaxObserver.with_args(**common),
         "entropy": HistogramObserver.with_args(**common),
@@ -89,6 +91,12 @@ def _x86_mapping(qconfig: QConfig) -> QConfigMapping:
     attention) that reaches a ``mul`` would get an activation observer and break calibration.
     """
     mapping = get_default_qconfig_mapping(ENGINE).set_global(qconfig)
+    for object_type, default in list(mapping.object_type_qconfigs.items()):
+        # The x86 defaults of some ops (LayerNorm, ConvTranspose...) observe with torch's default
+        # 7-bit observer, deprecated and not calibrated our way: they take our activation observer.
+        partial = getattr(default, "activation", None)
+        if getattr(partial, "p", None) is not None and partial.p.keywords.get("reduce_range"):
+            mapping.set_object_type(object_type, QConfig(activation=qconfig.activation, weight=default.weight))
     return mapping.set_object_type(operator.mul, None).set_object_type(torch.mul, None)
 
 
