@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ from perfgate.report import accuracy_score, human_bytes
 from perfgate.results import CaseResult, ResultsDocument
 
 LOG_SPREAD = 8.0  # a log latency axis once the slowest case is this many times the fastest
-OFFSET_RADII = (5.0, 11.0, 18.0, 27.0, 38.0, 52.0, 68.0, 86.0)  # label distances tried, in points
+OFFSET_RADII = (5.0, 11.0, 18.0, 27.0, 38.0, 52.0, 68.0, 86.0, 110.0)  # label distances tried, in points
+LABEL_PAD_PX = 3.0  # clear space kept around a label, so that neighbours never read as one
 LEADER_FROM = 14.0  # a label this far from its point gets a leader line back to it
 # Label directions in degrees, most wanted first: straight up or down keeps leader lines short and
 # parallel, which matters because many variants tie on accuracy and sit on one horizontal row.
@@ -100,12 +101,14 @@ def _candidates() -> Iterator[tuple[float, float, str, str]]:
             yield dx * radius, dy * radius, ha, va
 
 
-def place_labels(ax: Any, points: Sequence[PlotPoint], areas: Sequence[float]) -> list[Any]:
+def place_labels(ax: Any, points: Sequence[PlotPoint], areas: Sequence[float]) -> tuple[list[Any], bool]:
     """Label every point where it overlaps no other label, marker or the axes' edge.
 
     Greedy: each label tries offsets of growing radius in twelve directions, vertical first, and
     keeps the first that collides with nothing placed so far (else the least-overlapping one).
     Far labels get a leader line so that they still point at their case.
+
+    :returns: the labels, and whether every one found a spot free of collisions.
     """
     from matplotlib.transforms import Bbox
 
@@ -118,11 +121,43 @@ def place_labels(ax: Any, points: Sequence[PlotPoint], areas: Sequence[float]) -
         x, y = ax.transData.transform((point.latency_ms, point.accuracy))
         r = math.sqrt(area) / 2 * px_per_pt
         obstacles.append(Bbox.from_extents(x - r, y - r, x + r, y + r))
-    labels = []
+    labels, clean = [], True
     # Frontier points first: their labels matter most and get the closest spots.
     for index in sorted(range(len(points)), key=lambda i: (not points[i].frontier, points[i].latency_ms)):
-        labels.append(_place_one(ax, points[index], obstacles, frame, renderer, areas[index]))
-    return labels
+        text, cost = _place_one(ax, points[index], obstacles, frame, renderer, areas[index])
+        labels.append(text)
+        clean = clean and cost == 0
+    return labels, clean
+
+
+def numbered(points: Sequence[PlotPoint]) -> tuple[list[PlotPoint], list[str]]:
+    """Points labelled by number, one number per distinct label in latency order, and the key.
+
+    The fallback for a crowded plot (many variants tied on accuracy, or several runners): a
+    number fits where a name does not, and one configuration keeps its number on every runner.
+    """
+    numbers: dict[str, int] = {}
+    for point in sorted(points, key=lambda p: p.latency_ms):
+        numbers.setdefault(point.label, len(numbers) + 1)
+    key = [f"{n:>2}  {label}" for label, n in numbers.items()]
+    return [replace(p, label=str(numbers[p.label])) for p in points], key
+
+
+def _draw_key(ax: Any, key: Sequence[str]) -> None:
+    """The number -> case key of a numbered plot, under the legend on the right."""
+    legend = ax.get_legend()
+    box = legend.get_window_extent(ax.figure.canvas.get_renderer())
+    x, y = ax.transAxes.inverted().transform((box.x0, box.y0))
+    ax.text(
+        x,
+        y - 0.02,
+        "\n".join(key),
+        transform=ax.transAxes,
+        ha="left",
+        va="top",
+        fontsize=7,
+        family="monospace",
+    )
 
 
 def _label(ax: Any, point: PlotPoint, offset: tuple[float, float], ha: str, va: str, leader: bool) -> Any:
@@ -143,8 +178,8 @@ def _label(ax: Any, point: PlotPoint, offset: tuple[float, float], ha: str, va: 
 
 def _place_one(
     ax: Any, point: PlotPoint, obstacles: list[Any], frame: Any, renderer: Any, area: float
-) -> Any:
-    """Place one label at the first candidate that collides with nothing, and add it to the obstacles.
+) -> tuple[Any, float]:
+    """Place one label at the first candidate that collides with nothing; returns it and its overlap.
 
     :param obstacles: display-space boxes of the markers and of the labels placed so far.
     :param frame: the axes' box; a label reaching outside it costs as much as an overlap.
@@ -157,7 +192,7 @@ def _place_one(
             dy + math.copysign(clearance, dy) * (abs(dy) > 0.1),
         )
         text = _label(ax, point, offset, ha, va, leader=False)
-        box = text.get_window_extent(renderer).expanded(1.06, 1.15)
+        box = text.get_window_extent(renderer).padded(LABEL_PAD_PX)
         cost = sum(_overlap(box, other) for other in obstacles)
         cost += box.width * box.height - _overlap(box, frame)
         if best is None or cost < best[0]:
@@ -173,8 +208,8 @@ def _place_one(
     if math.hypot(*text.xyann) > LEADER_FROM + clearance:
         text.remove()
         text = _label(ax, point, text.xyann, text.get_ha(), text.get_va(), leader=True)
-    obstacles.append(text.get_window_extent(renderer).expanded(1.06, 1.15))
-    return text
+    obstacles.append(text.get_window_extent(renderer).padded(LABEL_PAD_PX))
+    return text, best[0]
 
 
 def _axis_label(cases: Sequence[CaseResult]) -> str:
@@ -231,7 +266,13 @@ def draw_model(model: str, runners: dict[str, list[CaseResult]], colours: dict[s
         _draw_frontier(ax, pts, name if len(by_runner) > 1 else None, ("-", "--", ":", "-.")[index % 4])
     _legends(ax, by_runner, colours, largest)
     fig.canvas.draw()
-    place_labels(ax, points, areas)
+    labels, clean = place_labels(ax, points, areas)
+    if not clean:
+        for text in labels:
+            text.remove()
+        by_number, key = numbered(points)
+        place_labels(ax, by_number, areas)
+        _draw_key(ax, key)
     return fig
 
 

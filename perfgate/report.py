@@ -6,7 +6,7 @@ import datetime as dt
 import importlib.metadata
 import importlib.util
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -298,16 +298,16 @@ def _passing_p50(result: CaseResult) -> float | None:
 
 
 def _threads(results: Sequence[CaseResult]) -> str:
-    """The thread settings the runner used, as recorded with its cases."""
-    seen = sorted(
-        {
-            f"{k}={v}"
-            for r in results
-            for k, v in r.settings.items()
-            if "thread" in k and v is not None and r.technique != "threads"
-        }
-    )
-    return ", ".join(seen) or "-"
+    """The runner's usual thread settings: per setting, the value most of its cases ran with.
+
+    Most, not all: a thread-tuning technique overrides them for its own cases on purpose.
+    """
+    values: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in results:
+        for key, value in r.settings.items():
+            if "thread" in key and value is not None:
+                values[key][str(value)] += 1
+    return ", ".join(f"{key}={count.most_common(1)[0][0]}" for key, count in sorted(values.items())) or "-"
 
 
 def best_per_runner_rows(documents: Sequence[ResultsDocument]) -> list[list[str]]:

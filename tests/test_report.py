@@ -273,3 +273,20 @@ def test_matrix_progress_numbers_the_selected_cases() -> None:
     assert progress.line("m-fp32-torch_cpu-b1: timing") == "[2/3] m-fp32-torch_cpu-b1: timing"
     assert progress.is_step("m-fp32-torch_cpu-b1: building")
     assert not progress.is_step("training m (30 epochs, cached afterwards)")
+
+
+def test_crowded_plot_falls_back_to_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When names cannot all be placed apart, points get numbers (one per configuration) and a key."""
+    pytest.importorskip("matplotlib")
+    from perfgate import plot
+
+    monkeypatch.setattr(plot, "OFFSET_RADII", (5.0,))  # leave names no room: the fallback must kick in
+    cases = [make_case(technique=f"technique_{i}", p50_ms=1.0) for i in range(12)]
+    fig = plot.draw_model(
+        "m", {"r1": cases}, plot.backend_colours([ResultsDocument({"runner": "r1"}, cases)])
+    )
+    texts = fig.axes[0].texts
+    numbers = [t for t in texts if t.get_text().isdigit()]
+    assert len(numbers) == 12
+    key = next(t.get_text() for t in texts if "technique_" in t.get_text())
+    assert key.splitlines()[0] == " 1  technique_0" and len(key.splitlines()) == 12
