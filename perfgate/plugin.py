@@ -62,7 +62,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--perf-refresh-changed", action="store_true", help="like --perf-refresh-baselines, but only for the cases whose regression verdict is fail or improved; needs --benchmark-compare (default: off)")
     group.addoption("--perf-prune-baselines", action="store_true", help="with --perf-refresh-baselines, also remove baseline cases that are no longer in the matrix (default: off)")
     group.addoption("--perf-require-baseline", action="store_true", help="under --benchmark-compare, fail a case that has no baseline instead of reporting it as new (default: off)")
-    group.addoption("--perf-report", metavar="DIR", help="write results.json and report.md into DIR (default: no report)")  # fmt: skip
+    group.addoption("--perf-report", metavar="DIR", help="write results.json, report.md and a Pareto plot per model (pareto-MODEL.png/.svg, needs matplotlib) into DIR (default: no report)")  # fmt: skip
     parser.addini("perf_matrix", "perfgate matrix file, relative to the rootdir", default="perf/matrix.toml")
     parser.addini("perf_baselines", "perfgate baselines folder, relative to the rootdir", default="baselines")
 
