@@ -1,7 +1,8 @@
 """Measurement fidelity: perfgate's latency next to the vendors' own tools, same model file, same threads.
 
 * OpenVINO: perfgate's ``openvino_cpu`` case (LATENCY hint, ``--threads`` inference threads) against
-  ``benchmark_app -m <the same IR> -d CPU -hint latency -api sync -nstreams 1 -nthreads N``, its
+  ``benchmark_app -m <the same IR> -d CPU -hint none -api sync -infer_precision f32 -nstreams 1
+  -nthreads N`` (benchmark_app accepts -nstreams and -nthreads only with -hint none), its
   "Median" latency.
 * ONNX Runtime: the wheel ships ``onnxruntime_test`` (``onnxruntime.tools.onnxruntime_test``), not
   ``onnxruntime_perf_test``. It loads the model with default session options (ONNX Runtime then
@@ -91,13 +92,14 @@ def perfgate_latency(case: CaseRun, seconds: float) -> LatencyStats:
     return LatencyStats.from_samples(samples)
 
 
-def benchmark_app_median_ms(model_path: Path, threads: int, seconds: float) -> float:
+def benchmark_app_median_ms(model_path: Path, shape: tuple[int, ...], threads: int, seconds: float) -> float:
     command = [
-        str(BIN / "benchmark_app"), "-m", str(model_path), "-d", "CPU", "-hint", "latency", "-api", "sync",
-        "-nstreams", "1", "-nthreads", str(threads), "-t", str(int(max(1, seconds))),
+        str(BIN / "benchmark_app"), "-m", str(model_path), "-d", "CPU", "-hint", "none", "-api", "sync", "-infer_precision", "f32",
+        "-nstreams", "1", "-nthreads", str(threads), "-shape", f"input[{','.join(map(str, shape))}]", "-t", str(int(max(1, seconds))),
     ]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return float(re.search(r"Median:\s+([\d.]+) ms", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"Median:\s+([\d.]+) (ms|us)", out).groups()  # type: ignore[union-attr]
+    return float(value) / (1000.0 if unit == "us" else 1.0)
 
 
 def onnxruntime_test_mean_ms(model_path: Path, iterations: int) -> float:
@@ -108,11 +110,11 @@ def onnxruntime_test_mean_ms(model_path: Path, iterations: int) -> float:
 
 def compare_openvino(model: str, threads: int, seconds: float, repeats: int) -> str:
     case = built(model, "openvino_cpu", threads)
-    assert case.artifact is not None
+    assert case.artifact is not None and case.model is not None
     ours, theirs = [], []
     for _ in range(repeats):
         ours.append(perfgate_latency(case, seconds).p50_ms)
-        theirs.append(benchmark_app_median_ms(case.artifact.path, threads, seconds))
+        theirs.append(benchmark_app_median_ms(case.artifact.path, case.model.data.example(1).shape, threads, seconds))
     case.close()
     a, b = float(np.median(ours)), float(np.median(theirs))
     return f"| {model} | OpenVINO, {threads} thread(s) | perfgate p50 {a:.4f} ms | benchmark_app median {b:.4f} ms | {100 * (a / b - 1):+.1f}% |"
