@@ -89,16 +89,40 @@ def convert_fp16_onnx(request: BuildRequest, fp32: Path) -> CacheHit:
     """FP16 weights and compute, FP32 inputs and outputs (onnxconverter-common)."""
     import onnx
 
-    key = stable_hash("ort-fp16", fp32.parent.name, onnx.__version__, _version("onnxconverter-common"))
+    key = stable_hash("ort-fp16", 2, fp32.parent.name, onnx.__version__, _version("onnxconverter-common"))
 
     def build(path: Path) -> None:
+        import warnings
+
         from onnxconverter_common import float16
 
-        # keep_io_types: callers keep feeding and reading float32; the casts sit inside the graph.
-        converted = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
-        onnx.save(converted, str(path))
+        with warnings.catch_warnings():
+            # It reports each weight below FP16's smallest normal that it flushes: expected in FP16.
+            warnings.filterwarnings("ignore", category=UserWarning, module="onnxconverter_common")
+            # keep_io_types: callers keep feeding and reading float32; the casts sit in the graph.
+            converted = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+        onnx.save(_cast_to_fp16(converted), str(path))
 
     return request.cache.get_or_build("onnx-fp16", key, "model.onnx", build)
+
+
+def _cast_to_fp16(model: Any) -> Any:
+    """Retarget the graph's own ``Cast(to=float)`` nodes to float16 and drop stale value_info.
+
+    The converter leaves them casting to float32 (attention's ``head_dim ** -0.5``, computed from
+    the input's shape, is one), so a float32 scalar meets a float16 tensor and ONNX Runtime refuses
+    the graph. Casts on the graph's inputs and outputs are the ``keep_io_types`` ones and stay.
+    """
+    import onnx
+
+    io = {v.name for v in model.graph.input} | {v.name for v in model.graph.output}
+    for node in model.graph.node:
+        if node.op_type == "Cast" and not (set(node.input) | set(node.output)) & io:
+            for attribute in node.attribute:
+                if attribute.name == "to" and attribute.i == onnx.TensorProto.FLOAT:
+                    attribute.i = onnx.TensorProto.FLOAT16
+    del model.graph.value_info[:]  # recorded before the retargeting; ONNX Runtime infers anew
+    return model
 
 
 def _version(distribution: str) -> str:

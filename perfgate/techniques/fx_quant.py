@@ -96,7 +96,8 @@ def _x86_mapping(qconfig: QConfig) -> QConfigMapping:
         # 7-bit observer, deprecated and not calibrated our way: they take our activation observer.
         partial = getattr(default, "activation", None)
         if getattr(partial, "p", None) is not None and partial.p.keywords.get("reduce_range"):
-            mapping.set_object_type(object_type, QConfig(activation=qconfig.activation, weight=default.weight))
+            ours = QConfig(activation=qconfig.activation, weight=default.weight)
+            mapping.set_object_type(object_type, ours)
     return mapping.set_object_type(operator.mul, None).set_object_type(torch.mul, None)
 
 
