@@ -85,6 +85,7 @@ class CaseRun:
             data=model.data,
             batch_size=self.case.batch_size,
             cache=self.session.cache,
+            run_settings=self._run_settings(),  # a compiler (inductor) bakes the thread count in
         )
         self.session.progress(f"{self.case.id}: building")
         self.artifact = self.backend.build(self.request)
@@ -143,7 +144,9 @@ class CaseRun:
         if timing is None:
             return
         self.result.samples_s = timing.samples_s
-        self.result.latency = LatencyStats.from_samples(timing.samples_s, self.case.batch_size)
+        # An async-queue session (OpenVINO's throughput hint) runs several batches per timed call.
+        per_call = self.case.batch_size * int(self.result.settings.get("batches_per_run", 1))
+        self.result.latency = LatencyStats.from_samples(timing.samples_s, per_call)
         self.result.settings["warmup_rounds"] = timing.warmup_rounds
         if device_timer is not None:
             record_device_timing(self.result.settings, device_timer, timing.samples_s)
