@@ -50,7 +50,7 @@ from perfgate.jsonio import dumps_stable
 
 # Lowering -> the inference precision it asks of the CPU plugin.
 PRECISIONS = {"none": "f32", "int8_static": "f32", "int8_qat": "f32", "fp16": "f16", "bf16": "bf16"}
-IR_RECIPE_VERSION = 2  # bump when the conversion or quantization recipe changes
+IR_RECIPE_VERSION = 3  # bump when the conversion or quantization recipe changes
 
 
 def nncf_range_estimator(method: str, percentile: float) -> tuple[Any, str]:
@@ -73,14 +73,17 @@ def nncf_range_estimator(method: str, percentile: float) -> tuple[Any, str]:
         return RangeEstimatorParametersSet.HISTOGRAM, "HISTOGRAM (NNCF has no KL-entropy estimator)"
     outlier = (100.0 - percentile) / 100.0
 
-    def quantile() -> StatisticsCollectorParameters:
+    def quantile(aggregator: Any) -> StatisticsCollectorParameters:
         return StatisticsCollectorParameters(
-            statistics_type=StatisticsType.QUANTILE,
-            aggregator_type=AggregatorType.MEAN,
-            quantile_outlier_prob=outlier,
+            statistics_type=StatisticsType.QUANTILE, aggregator_type=aggregator, quantile_outlier_prob=outlier
         )
 
-    return RangeEstimatorParameters(min=quantile(), max=quantile()), f"QUANTILE (outlier prob {outlier:g})"
+    # NNCF takes the quantile per calibration sample; averaging those (its QUANTILE preset) clips
+    # every sample's rare large activations (digits_mobilenet: SQNR 14.8 dB against MinMax's
+    # 29.6). The extreme over samples of each sample's quantile is what a percentile of the
+    # pooled calibration distribution means: only each sample's own outliers are dropped.
+    estimator = RangeEstimatorParameters(min=quantile(AggregatorType.MIN), max=quantile(AggregatorType.MAX))
+    return estimator, f"QUANTILE per sample, extreme over samples (outlier prob {outlier:g})"
 
 
 def is_transformer(model: Any) -> bool:
