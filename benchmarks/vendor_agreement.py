@@ -114,7 +114,9 @@ def compare_openvino(model: str, threads: int, seconds: float, repeats: int) -> 
     ours, theirs = [], []
     for _ in range(repeats):
         ours.append(perfgate_latency(case, seconds).p50_ms)
-        theirs.append(benchmark_app_median_ms(case.artifact.path, case.model.data.example(1).shape, threads, seconds))
+        theirs.append(
+            benchmark_app_median_ms(case.artifact.path, case.model.data.example(1).shape, threads, seconds)
+        )
     case.close()
     a, b = float(np.median(ours)), float(np.median(theirs))
     return f"| {model} | OpenVINO, {threads} thread(s) | perfgate p50 {a:.4f} ms | benchmark_app median {b:.4f} ms | {100 * (a / b - 1):+.1f}% |"

@@ -56,9 +56,7 @@ class ArtifactCache:
         """The path the artifact ``filename`` of entry ``kind/key`` has once built."""
         return self.root / kind / key / filename
 
-    def get_or_build(
-        self, kind: str, key: str, filename: str, build: Callable[[Path], None]
-    ) -> CacheHit:
+    def get_or_build(self, kind: str, key: str, filename: str, build: Callable[[Path], None]) -> CacheHit:
         """Return the cached artifact, building it first if it is missing.
 
         :param kind: the family of artifact (``weights``, ``onnx``, ...), a folder of the cache.

@@ -57,7 +57,13 @@ class ModelData:
     def fingerprint(self) -> str:
         """A hash of every array, so that a cache keyed on it follows any change of the data."""
         digest = hashlib.sha256(self.name.encode())
-        for array in (self.eval_inputs, self.eval_labels, self.train_inputs, self.train_labels, self.calibration):
+        for array in (
+            self.eval_inputs,
+            self.eval_labels,
+            self.train_inputs,
+            self.train_labels,
+            self.calibration,
+        ):
             if array is not None:
                 digest.update(str(array.shape).encode() + str(array.dtype).encode())
                 digest.update(np.ascontiguousarray(array).tobytes())

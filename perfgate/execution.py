@@ -17,9 +17,9 @@ from perfgate.baselines import (
     cached_baseline,
 )
 from perfgate.cache import stable_hash
+from perfgate.cuda_timing import record_device_timing
 from perfgate.gates import RegressionGate, Verdict, accuracy_verdicts
 from perfgate.matrix import Case
-from perfgate.cuda_timing import record_device_timing
 from perfgate.memory import PeakMemory, gpu_peak_memory
 from perfgate.models import LoadedModel
 from perfgate.reference_workload import measure_reference
@@ -69,7 +69,9 @@ class CaseRun:
         self.model = self.session.model(self.case.model)
         model = self.model
         options = self.case.technique_options
-        ctx = TransformContext(model.name, model.key, model.data, self.session.cache, options, self.session.progress)
+        ctx = TransformContext(
+            model.name, model.key, model.data, self.session.cache, options, self.session.progress
+        )
         try:
             transformed = self.technique.transform(model.module, ctx)
         except NotApplicable as exc:

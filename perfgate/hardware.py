@@ -28,7 +28,16 @@ ISA_FLAGS = {
     "asimd": "neon",
     "asimddp": "neon_dotprod",
 }
-LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "tensorrt", "ai-edge-litert", "numpy")
+LIBRARIES = (
+    "torch",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnx",
+    "openvino",
+    "tensorrt",
+    "ai-edge-litert",
+    "numpy",
+)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,10 @@ def _finite(value: Any) -> Any:
 
 def dumps_stable(data: Any) -> str:
     text = json.dumps(_finite(data), indent=1, sort_keys=True, ensure_ascii=True)
-    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(p.strip() for p in m.group(1).split(",")) + "]", text) + "\n"
+    return (
+        _NUMBER_LIST.sub(lambda m: "[" + ", ".join(p.strip() for p in m.group(1).split(",")) + "]", text)
+        + "\n"
+    )
 
 
 def write_json(path: Path, data: Any) -> None:

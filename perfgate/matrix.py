@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import fnmatch
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from perfgate.backends import BACKENDS
 from perfgate.gates import AccuracyPolicy, RegressionPolicy
@@ -24,7 +25,17 @@ TOP_LEVEL_KEYS = {
     "pythonpath", "batch_sizes", "timing", "accuracy", "regression", "threads",
     "models", "techniques", "backends", "overrides", "profiles",
 }  # fmt: skip
-MODEL_KEYS = {"factory", "data", "metric", "markers", "batch_sizes", "accuracy", "regression", "options", "description"}
+MODEL_KEYS = {
+    "factory",
+    "data",
+    "metric",
+    "markers",
+    "batch_sizes",
+    "accuracy",
+    "regression",
+    "options",
+    "description",
+}
 TECHNIQUE_KEYS = {"accuracy", "regression", "options", "batch_sizes", "markers"}
 BACKEND_KEYS = {"threads", "markers"}
 OVERRIDE_KEYS = {"match", "accuracy", "regression", "timing", "reason"}
@@ -107,7 +118,9 @@ def load_matrix(path: Path, profile: str | None = None) -> Matrix:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MatrixError(f"{path}: matrix file not found (set --perf-matrix or the perf_matrix ini option)") from None
+        raise MatrixError(
+            f"{path}: matrix file not found (set --perf-matrix or the perf_matrix ini option)"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise MatrixError(f"{path}: not valid TOML: {exc}") from None
     _check_keys("the top level", raw, TOP_LEVEL_KEYS, path)
@@ -127,7 +140,7 @@ def _model_spec(name: str, table: Any, path: Path) -> ModelSpec:
     table = _check_keys(f"[models.{name}]", table, MODEL_KEYS, path)
     for key in ("factory", "data"):
         if not isinstance(table.get(key), str) or ":" not in table[key]:
-            raise MatrixError(f"{path}: [models.{name}] needs {key} = \"package.module:function\"")
+            raise MatrixError(f'{path}: [models.{name}] needs {key} = "package.module:function"')
     return ModelSpec(
         name=name,
         factory=table["factory"],
@@ -169,12 +182,22 @@ def _policies(matrix: Matrix, case_id: str, layers: list[dict[str, Any]]) -> tup
 
 def _generate(matrix: Matrix, profile: dict[str, Any]) -> None:
     raw, path = matrix.raw, matrix.path
-    techniques = {n: _check_keys(f"[techniques.{n}]", t, TECHNIQUE_KEYS, path) for n, t in raw.get("techniques", {}).items()}
-    backends = {n: _check_keys(f"[backends.{n}]", t, BACKEND_KEYS, path) for n, t in raw.get("backends", {}).items()}
-    overrides = [_check_keys(f"[[overrides]] #{i + 1}", o, OVERRIDE_KEYS, path) for i, o in enumerate(raw.get("overrides", []))]
+    techniques = {
+        n: _check_keys(f"[techniques.{n}]", t, TECHNIQUE_KEYS, path)
+        for n, t in raw.get("techniques", {}).items()
+    }
+    backends = {
+        n: _check_keys(f"[backends.{n}]", t, BACKEND_KEYS, path) for n, t in raw.get("backends", {}).items()
+    }
+    overrides = [
+        _check_keys(f"[[overrides]] #{i + 1}", o, OVERRIDE_KEYS, path)
+        for i, o in enumerate(raw.get("overrides", []))
+    ]
     global_batches = _list("batch_sizes", raw.get("batch_sizes", [1]), int, path)
     global_layer = {k: raw.get(k, {}) for k in ("accuracy", "regression", "timing")}
-    wanted = {axis: set(profile[axis]) if axis in profile else None for axis in ("models", "techniques", "backends")}
+    wanted = {
+        axis: set(profile[axis]) if axis in profile else None for axis in ("models", "techniques", "backends")
+    }
     for model in matrix.models.values():
         for tech_name, tech_table in techniques.items():
             technique = _resolve(f"[techniques.{tech_name}]", TECHNIQUES, tech_name, path)
@@ -192,7 +215,9 @@ def _generate(matrix: Matrix, profile: dict[str, Any]) -> None:
                     continue
                 if not backend.supports(technique.lowering):
                     matrix.excluded.append(
-                        Excluded(combo, f"{backend_name} has no {technique.lowering!r} lowering for {tech_name}")
+                        Excluded(
+                            combo, f"{backend_name} has no {technique.lowering!r} lowering for {tech_name}"
+                        )
                     )
                     continue
                 model_table = raw["models"][model.name]
@@ -210,7 +235,12 @@ def _generate(matrix: Matrix, profile: dict[str, Any]) -> None:
                     markers += [*tech_table.get("markers", []), *backend_table.get("markers", [])]
                     threads = {
                         **_check_keys("[threads]", raw.get("threads", {}), THREAD_KEYS, path),
-                        **_check_keys(f"[backends.{backend_name}.threads]", backend_table.get("threads", {}), THREAD_KEYS, path),
+                        **_check_keys(
+                            f"[backends.{backend_name}.threads]",
+                            backend_table.get("threads", {}),
+                            THREAD_KEYS,
+                            path,
+                        ),
                     }
                     matrix.cases.append(
                         Case(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 from collections.abc import Callable
@@ -29,10 +30,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     """A hash of a module's class source, structure and every parameter and buffer."""
     digest = hashlib.sha256()
     digest.update(type(model).__qualname__.encode())
-    try:
+    # Classes built at run time have no source; their repr and weights still count.
+    with contextlib.suppress(OSError, TypeError):
         digest.update(inspect.getsource(type(model)).encode())
-    except (OSError, TypeError):
-        pass  # classes built at run time have no source; their repr and weights still count
     digest.update(repr(model).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())

@@ -52,16 +52,54 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("perfgate", "perfgate: ML inference benchmarks with accuracy and regression gates")
-    group.addoption("--perf-matrix", metavar="PATH", help="matrix file (default: the perf_matrix ini value, perf/matrix.toml)")
-    group.addoption("--perf-runner", metavar="NAME", help="runner id naming the baselines folder (default: PERFGATE_RUNNER, else derived from the hardware)")
-    group.addoption("--perf-profile", metavar="NAME", help="[profiles.NAME] of the matrix to run (default: PERFGATE_PROFILE, else 'default' if defined, else all)")
-    group.addoption("--perf-baselines", metavar="DIR", help="folder holding one baselines folder per runner (default: the perf_baselines ini value, baselines)")
-    group.addoption("--perf-cache", metavar="DIR", help="artifact cache (default: PERFGATE_CACHE, else .perfgate_cache in the rootdir)")
-    group.addoption("--perf-refresh-baselines", action="store_true", help="write this runner's baselines for the cases that ran and passed their accuracy gates (default: off)")
-    group.addoption("--perf-refresh-changed", action="store_true", help="like --perf-refresh-baselines, but only for the cases whose regression verdict is fail or improved; needs --benchmark-compare (default: off)")
-    group.addoption("--perf-prune-baselines", action="store_true", help="with --perf-refresh-baselines, also remove baseline cases that are no longer in the matrix (default: off)")
-    group.addoption("--perf-require-baseline", action="store_true", help="under --benchmark-compare, fail a case that has no baseline instead of reporting it as new (default: off)")
+    group = parser.getgroup(
+        "perfgate", "perfgate: ML inference benchmarks with accuracy and regression gates"
+    )
+    group.addoption(
+        "--perf-matrix",
+        metavar="PATH",
+        help="matrix file (default: the perf_matrix ini value, perf/matrix.toml)",
+    )
+    group.addoption(
+        "--perf-runner",
+        metavar="NAME",
+        help="runner id naming the baselines folder (default: PERFGATE_RUNNER, else derived from the hardware)",
+    )
+    group.addoption(
+        "--perf-profile",
+        metavar="NAME",
+        help="[profiles.NAME] of the matrix to run (default: PERFGATE_PROFILE, else 'default' if defined, else all)",
+    )
+    group.addoption(
+        "--perf-baselines",
+        metavar="DIR",
+        help="folder holding one baselines folder per runner (default: the perf_baselines ini value, baselines)",
+    )
+    group.addoption(
+        "--perf-cache",
+        metavar="DIR",
+        help="artifact cache (default: PERFGATE_CACHE, else .perfgate_cache in the rootdir)",
+    )
+    group.addoption(
+        "--perf-refresh-baselines",
+        action="store_true",
+        help="write this runner's baselines for the cases that ran and passed their accuracy gates (default: off)",
+    )
+    group.addoption(
+        "--perf-refresh-changed",
+        action="store_true",
+        help="like --perf-refresh-baselines, but only for the cases whose regression verdict is fail or improved; needs --benchmark-compare (default: off)",
+    )
+    group.addoption(
+        "--perf-prune-baselines",
+        action="store_true",
+        help="with --perf-refresh-baselines, also remove baseline cases that are no longer in the matrix (default: off)",
+    )
+    group.addoption(
+        "--perf-require-baseline",
+        action="store_true",
+        help="under --benchmark-compare, fail a case that has no baseline instead of reporting it as new (default: off)",
+    )
     group.addoption("--perf-report", metavar="DIR", help="write results.json, report.md and a Pareto plot per model (pareto-MODEL.png/.svg, needs matplotlib) into DIR (default: no report)")  # fmt: skip
     parser.addini("perf_matrix", "perfgate matrix file, relative to the rootdir", default="perf/matrix.toml")
     parser.addini("perf_baselines", "perfgate baselines folder, relative to the rootdir", default="baselines")
@@ -201,12 +239,17 @@ def perf_case(request: pytest.FixtureRequest) -> Iterator[Any]:
         yield run
     finally:
         run.close()
-        outcome, error = request.node.stash.get(CALL_OUTCOME, ("error", "the test did not run to its end"))
-        if outcome == "skipped":
-            return
-        if outcome == "error":
-            run.result.status, run.result.error = "error", error
-        request.node.user_properties.append((RESULT_PROPERTY, json.dumps(run.result.to_dict())))
+        _record(request, run)
+
+
+def _record(request: pytest.FixtureRequest, run: Any) -> None:
+    """Attach the case's result to the test report (pytest-xdist ships it to the controller)."""
+    outcome, error = request.node.stash.get(CALL_OUTCOME, ("error", "the test did not run to its end"))
+    if outcome == "skipped":
+        return
+    if outcome == "error":
+        run.result.status, run.result.error = "error", error
+    request.node.user_properties.append((RESULT_PROPERTY, json.dumps(run.result.to_dict())))
 
 
 def _compared_mapping(config: pytest.Config) -> dict[Any, Any] | None:

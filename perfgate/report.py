@@ -62,13 +62,16 @@ def model_rows(results: Sequence[CaseResult]) -> dict[str, list[dict[str, Any]]]
     for model, group in sorted(by_model.items()):
         group.sort(key=lambda r: (r.batch_size, r.technique, r.backend))
         reference = {
-            r.batch_size: r.latency.p50_ms for r in group if (r.technique, r.backend) == REFERENCE and r.latency
+            r.batch_size: r.latency.p50_ms
+            for r in group
+            if (r.technique, r.backend) == REFERENCE and r.latency
         }
         timed = [r for r in group if r.latency and accuracy_score(r) is not None and r.status != "error"]
         front = dict(
             zip(
                 [r.case_id for r in timed],
                 pareto_front([(r.latency.p50_ms, accuracy_score(r)) for r in timed]),  # type: ignore[union-attr,misc]
+                strict=True,
             )
         )
         rows = []
@@ -113,8 +116,8 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 def text_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     rows = [list(r) for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
@@ -131,7 +134,9 @@ def terminal_lines(results: Sequence[CaseResult]) -> list[str]:
         lines += ["", f"model {model}", *text_table(COLUMNS, (_cells(r) for r in rows))]
     if any(r["p99_low_confidence"] for rows in model_rows(results).values() for r in rows):
         lines.append("~ p99 from too few samples to be trusted (fewer than 10 beyond it)")
-    lines.append("speedup: p50 of fp32 on torch_cpu at the same batch size / p50 of the case; * Pareto-optimal")
+    lines.append(
+        "speedup: p50 of fp32 on torch_cpu at the same batch size / p50 of the case; * Pareto-optimal"
+    )
     return lines
 
 
@@ -163,14 +168,19 @@ def regression_lines(results: Sequence[CaseResult], drift: Sequence[dict[str, st
         )
     headers = ("case", "base p50 ms", "now p50 ms", "ratio", "95% CI", "machine", "verdict")
     lines = ["", *text_table(headers, rows)]
-    lines.append("ratio: p50 now / p50 baseline, divided by the machine factor (reference workload now / then)")
+    lines.append(
+        "ratio: p50 now / p50 baseline, divided by the machine factor (reference workload now / then)"
+    )
     return lines + _drift_text(drift)
 
 
 def _drift_text(drift: Sequence[dict[str, str]]) -> list[str]:
     if not drift:
         return ["environment drift since the baseline: none"]
-    return ["environment drift since the baseline:", *(f"  {d['what']}: {d['baseline']} -> {d['current']}" for d in drift)]
+    return [
+        "environment drift since the baseline:",
+        *(f"  {d['what']}: {d['baseline']} -> {d['current']}" for d in drift),
+    ]
 
 
 def results_document(results: Sequence[CaseResult], meta: dict[str, Any]) -> dict[str, Any]:

@@ -83,14 +83,18 @@ class PerfgateSession:
         except Exception as exc:
             raise ModelLoadError(f"{where}: data loader {spec.data} failed: {exc!r}") from exc
         if not isinstance(data, ModelData):
-            raise ModelLoadError(f"{where}: {spec.data} returned {type(data).__name__}, not perfgate.ModelData")
+            raise ModelLoadError(
+                f"{where}: {spec.data} returned {type(data).__name__}, not perfgate.ModelData"
+            )
         ctx = ModelContext(spec.name, data, self.cache, spec.options, self.progress)
         try:
             module = import_object(spec.factory)(ctx)
         except Exception as exc:
             raise ModelLoadError(f"{where}: factory {spec.factory} failed: {exc!r}") from exc
         if not isinstance(module, torch.nn.Module):
-            raise ModelLoadError(f"{where}: {spec.factory} returned {type(module).__name__}, not torch.nn.Module")
+            raise ModelLoadError(
+                f"{where}: {spec.factory} returned {type(module).__name__}, not torch.nn.Module"
+            )
         module.eval()
         return LoadedModel(spec.name, module, data, model_fingerprint(module))
 

@@ -109,7 +109,13 @@ def train_classifier(
         torch.manual_seed(config.seed)
         fresh = build()
         ctx.progress(f"training {ctx.name} ({config.epochs} epochs, cached afterwards)")
-        fit(fresh, data.train_inputs, data.train_labels, config, lambda line: ctx.progress(f"{ctx.name}: {line}"))
+        fit(
+            fresh,
+            data.train_inputs,
+            data.train_labels,
+            config,
+            lambda line: ctx.progress(f"{ctx.name}: {line}"),
+        )
         torch.save(fresh.state_dict(), path)
 
     hit = ctx.cache.get_or_build("weights", key, "weights.pt", train)
@@ -133,7 +139,9 @@ def distillation_loss(teacher: torch.nn.Module, temperature: float, alpha: float
         with torch.no_grad():
             soft_targets = F.log_softmax(teacher(inputs) / temperature, dim=-1)
         logits = student(inputs)
-        soft = F.kl_div(F.log_softmax(logits / temperature, dim=-1), soft_targets, reduction="batchmean", log_target=True)
+        soft = F.kl_div(
+            F.log_softmax(logits / temperature, dim=-1), soft_targets, reduction="batchmean", log_target=True
+        )
         return alpha * temperature**2 * soft + (1.0 - alpha) * F.cross_entropy(logits, labels)
 
     return loss

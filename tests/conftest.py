@@ -38,13 +38,13 @@ metric = "top1"
 [backends.onnxruntime_cpu]
 """
 
-TEST_FILE = '''
+TEST_FILE = """
 def test_case(perf_case, benchmark):
     perf_case.build()
     perf_case.check_accuracy()
     perf_case.time(benchmark)
     perf_case.check_regression()
-'''
+"""
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +54,9 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def perf_project(pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+def perf_project(
+    pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> pytest.Pytester:
     """A pytester project with the tiny matrix at perf/matrix.toml and the standard test file."""
     monkeypatch.setenv("PERFGATE_CACHE", str(shared_cache))
     monkeypatch.setenv("PERFGATE_RUNNER", "test-runner")

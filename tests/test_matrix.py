@@ -49,13 +49,18 @@ def test_markers_name_device_backend_and_family(tmp_path: Path) -> None:
 
 def test_threshold_precedence(tmp_path: Path) -> None:
     """Global < technique default < [techniques.X] < [models.X] < [[overrides]] in file order."""
-    text = BASE + """
+    text = (
+        BASE
+        + """
 [[overrides]]
 match = "m-int8_dynamic-*-b8"
 accuracy = { min_relative_metric = 0.95 }
 regression = { threshold = 0.25 }
 """
-    text = text.replace("[techniques.int8_dynamic]", "[techniques.int8_dynamic]\naccuracy = { min_sqnr_db = 12.0 }")
+    )
+    text = text.replace(
+        "[techniques.int8_dynamic]", "[techniques.int8_dynamic]\naccuracy = { min_sqnr_db = 12.0 }"
+    )
     cases = {c.id: c for c in load_matrix(write(tmp_path, text)).cases}
     b1 = cases["m-int8_dynamic-torch_cpu-b1"]
     assert b1.accuracy.min_relative_metric == 0.99  # the technique's default beats [accuracy]
@@ -77,11 +82,20 @@ def test_profile_restricts_the_cases(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("[techniques.fp32]", "[techniques.fp64]"), r"\[techniques.fp64\]: unknown technique 'fp64'; registered: "),
+        (
+            ("[techniques.fp32]", "[techniques.fp64]"),
+            r"\[techniques.fp64\]: unknown technique 'fp64'; registered: ",
+        ),
         (("[backends.torch_cpu]", "[backends.tpu]"), r"unknown backend 'tpu'"),
         (('metric = "top1"', 'metrik = "top1"'), r"\[models.m\] has unknown key\(s\) \['metrik'\]"),
-        (('factory = "pkg.mod:factory"', 'factory = "pkg.mod"'), r'needs factory = "package.module:function"'),
-        (("[accuracy]\n", "[accuracy]\nmin_sqnr = 3\n"), r"case m-fp32-torch_cpu-b1: unknown accuracy setting"),
+        (
+            ('factory = "pkg.mod:factory"', 'factory = "pkg.mod"'),
+            r'needs factory = "package.module:function"',
+        ),
+        (
+            ("[accuracy]\n", "[accuracy]\nmin_sqnr = 3\n"),
+            r"case m-fp32-torch_cpu-b1: unknown accuracy setting",
+        ),
         (("batch_sizes = [1, 8]", "batch_sizes = 1"), r"batch_sizes must be a list of int"),
         (("[models.m]", "[models.m\n"), r"not valid TOML"),
     ],
@@ -94,5 +108,5 @@ def test_errors_name_the_file_and_the_fix(tmp_path: Path, edit: tuple[str, str],
 
 
 def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
-    with pytest.raises(MatrixError, match="matrix file not found .*--perf-matrix"):
+    with pytest.raises(MatrixError, match=r"matrix file not found .*--perf-matrix"):
         load_matrix(tmp_path / "nope.toml")

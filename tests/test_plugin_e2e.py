@@ -86,22 +86,30 @@ def test_nan_outputs_fail_and_the_session_goes_on(perf_project: pytest.Pytester)
     """One broken model fails its own cases only; the others still run and pass."""
     matrix = perf_project.path / "perf" / "matrix.toml"
     matrix.write_text(
-        matrix.read_text() + '\n[models.broken]\nfactory = "tiny_models:nan_model"\ndata = "tiny_models:blobs"\n'
+        matrix.read_text()
+        + '\n[models.broken]\nfactory = "tiny_models:nan_model"\ndata = "tiny_models:blobs"\n'
     )
     result = perf_project.runpytest("perf", "-k", "fp32")
     result.assert_outcomes(passed=2, failed=2)
-    result.stdout.fnmatch_lines(["*broken-fp32-torch_cpu-b1: accuracy gate failed*", "*outputs contain NaN or Inf*"])
+    result.stdout.fnmatch_lines(
+        ["*broken-fp32-torch_cpu-b1: accuracy gate failed*", "*outputs contain NaN or Inf*"]
+    )
 
 
 def test_refresh_then_compare_twice_on_unchanged_code(perf_project: pytest.Pytester) -> None:
     """The baseline is written for this runner, and unchanged code passes --benchmark-compare."""
     refreshed = perf_project.runpytest("perf", "-k", "fp32", "--perf-refresh-baselines")
     refreshed.assert_outcomes(passed=2)
-    refreshed.stdout.fnmatch_lines(["*baselines of runner 'test-runner'*", "*added  tiny_mlp-fp32-torch_cpu-b1*"])
+    refreshed.stdout.fnmatch_lines(
+        ["*baselines of runner 'test-runner'*", "*added  tiny_mlp-fp32-torch_cpu-b1*"]
+    )
     baseline = perf_project.path / "baselines" / "test-runner" / "0001_baseline.json"
     data = json.loads(baseline.read_text())
     assert data["perfgate"]["schema_version"] == 1
-    assert sorted(data["perfgate"]["cases"]) == ["tiny_mlp-fp32-onnxruntime_cpu-b1", "tiny_mlp-fp32-torch_cpu-b1"]
+    assert sorted(data["perfgate"]["cases"]) == [
+        "tiny_mlp-fp32-onnxruntime_cpu-b1",
+        "tiny_mlp-fp32-torch_cpu-b1",
+    ]
     assert all(len(b["stats"]["data"]) >= 30 for b in data["benchmarks"])
     for _ in range(2):
         compared = perf_project.runpytest("perf", "-k", "fp32", "--benchmark-compare")
@@ -129,7 +137,7 @@ def test_corrupt_baseline_is_an_error_naming_the_file(perf_project: pytest.Pytes
     assert baseline.read_text() == '{"benchmarks": ['
 
 
-MISSING_BACKEND_CONFTEST = '''
+MISSING_BACKEND_CONFTEST = """
 from perfgate.backends.onnxruntime import OnnxRuntimeCpuBackend
 
 
@@ -141,7 +149,7 @@ class FancyBackend(OnnxRuntimeCpuBackend):
 
 def pytest_perfgate_register(backends, techniques, metrics):
     backends.register("fancy_cpu", FancyBackend())
-'''
+"""
 
 
 def test_a_missing_backend_skips_with_its_reason(perf_project: pytest.Pytester) -> None:

@@ -16,8 +16,12 @@ BACKENDS.register("openvino_cpu_throughput", "perfgate.backends.openvino:OPENVIN
 BACKENDS.register("litert_cpu", "perfgate.backends.litert:LITERT_CPU")
 BACKENDS.register("torch_cuda", "perfgate.backends.torch_cuda:TORCH_CUDA")
 BACKENDS.register("torch_compile_cuda", "perfgate.backends.torch_cuda:TORCH_COMPILE_CUDA")
-BACKENDS.register("torch_compile_cuda_reduce_overhead", "perfgate.backends.torch_cuda:TORCH_COMPILE_CUDA_REDUCE_OVERHEAD")
-BACKENDS.register("torch_compile_cuda_max_autotune", "perfgate.backends.torch_cuda:TORCH_COMPILE_CUDA_MAX_AUTOTUNE")
+BACKENDS.register(
+    "torch_compile_cuda_reduce_overhead", "perfgate.backends.torch_cuda:TORCH_COMPILE_CUDA_REDUCE_OVERHEAD"
+)
+BACKENDS.register(
+    "torch_compile_cuda_max_autotune", "perfgate.backends.torch_cuda:TORCH_COMPILE_CUDA_MAX_AUTOTUNE"
+)
 BACKENDS.register("torch_cuda_graphs", "perfgate.backends.torch_cuda:TORCH_CUDA_GRAPHS")
 BACKENDS.register("onnxruntime_cuda", "perfgate.backends.onnxruntime_gpu:ONNXRUNTIME_CUDA")
 BACKENDS.register("onnxruntime_tensorrt", "perfgate.backends.onnxruntime_gpu:ONNXRUNTIME_TENSORRT")

@@ -134,9 +134,7 @@ class QuantizationAwareTraining(Technique):
     family: str | None = "quantized"
     # No SQNR floor: the fine-tune moves the weights, so the logits leave FP32's on purpose (as
     # after pruning); what QAT must keep is the task metric and the predictions.
-    accuracy: dict[str, float | None] = field(
-        default_factory=lambda: {**INT8_ACCURACY, "min_sqnr_db": None}
-    )
+    accuracy: dict[str, float | None] = field(default_factory=lambda: {**INT8_ACCURACY, "min_sqnr_db": None})
 
     def transform(self, model: Any, ctx: TransformContext) -> Any:
         """Return the fine-tuned fake-quant model, from the cache when it was trained before."""
