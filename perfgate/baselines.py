@@ -24,7 +24,9 @@ from perfgate.results import CaseResult
 
 SCHEMA_VERSION = 1
 BASELINE_FILE = "0001_baseline.json"
-MAX_STORED_SAMPLES = 5000  # evenly thinned beyond this, to keep baseline files reviewable
+MAX_STORED_SAMPLES = (
+    2000  # evenly thinned beyond this (the gate bootstraps at most 2000 a side), to keep files reviewable
+)
 # The reference workload's p50, timed next to each case, sits in the case's settings under this key.
 REFERENCE_SETTING = "reference_workload_p50_us"
 # Verdicts whose cases --perf-refresh-changed rewrites.

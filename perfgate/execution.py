@@ -27,7 +27,7 @@ from perfgate.results import CaseResult
 from perfgate.session import PerfgateSession
 from perfgate.stats import LatencyStats
 from perfgate.techniques import TECHNIQUES, NotApplicable, TransformContext
-from perfgate.timing import measure, timed_step
+from perfgate.timing import measure, sample_directly, timed_step
 
 
 class CaseRun:
@@ -52,6 +52,7 @@ class CaseRun:
         self.request: BuildRequest | None = None
         self.artifact: Artifact | None = None
         self.runtime: Session | None = None
+        self._step: Any = None  # the timed call, kept for a confirmation run
         self.result = CaseResult(
             case_id=case.id,
             model=case.model.name,
@@ -138,7 +139,9 @@ class CaseRun:
         benchmark.group = self.case.model.name
         benchmark.extra_info.update(perfgate_case=self.case.id, settings=self.result.settings)
         device_timer = getattr(self.runtime, "device_timer", None)  # optional: GPU sessions have one
-        step = timed_step(self.runtime.run, self.runtime.synchronize, self.runtime.needs_sync, device_timer)
+        step = self._step = timed_step(
+            self.runtime.run, self.runtime.synchronize, self.runtime.needs_sync, device_timer
+        )
         timing = measure(benchmark, step, self.case.timing)
         self.result.peak_rss_mb = self.memory.peak_mb()
         if self.case.device == "cuda":
@@ -157,7 +160,8 @@ class CaseRun:
         """Time the reference workload next to the case, then judge it against this runner's baseline.
 
         The reference is timed whenever the case was, so that a refresh stores it; the gate runs
-        under ``--benchmark-compare`` and divides the case's ratio by the reference's.
+        under ``--benchmark-compare`` and divides the case's ratio by the reference's. A failing
+        verdict is re-measured ``confirm`` times and stands only if every confirmation fails too.
         """
         if not self.result.samples_s:
             return
@@ -167,11 +171,19 @@ class CaseRun:
         baseline = baseline_samples(self.compared_mapping, self.result.nodeid)
         document = cached_baseline(baseline_path(self.session.baseline_root, self.session.runner))
         baseline_reference = baseline_reference_us(document, self.case.id)
-        verdict = RegressionGate(self.case.regression).compute(
-            _array(self.result.samples_s),
-            _array(baseline) if baseline else None,
-            reference_us / baseline_reference if baseline_reference else None,
-        )
+        gate = RegressionGate(self.case.regression)
+
+        def judge(samples: list[float], reference: float) -> Verdict:
+            factor = reference / baseline_reference if baseline_reference else None
+            return gate.compute(_array(samples), _array(baseline) if baseline else None, factor)
+
+        verdict = judge(self.result.samples_s, reference_us)
+        for attempt in range(self.case.regression.confirm):
+            if verdict.status != "fail" or self._step is None:
+                break
+            self.session.progress(f"{self.case.id}: confirming a regression ({attempt + 1})")
+            retry = judge(sample_directly(self._step, self.case.timing), measure_reference() * 1e6)
+            verdict = _confirmed(verdict, retry)
         if verdict.status == "new" and self.require_baseline:
             verdict = Verdict(verdict.gate, "fail", "no baseline for this runner (--perf-require-baseline)")
         self.result.verdicts.append(verdict)
@@ -188,6 +200,16 @@ class CaseRun:
             self.result.status = "failed"
             lines = "\n".join(f"  {v.gate}: {v.message}" for v in failed)
             pytest.fail(f"{self.case.id}: {what} failed\n{lines}", pytrace=False)
+
+
+def _confirmed(first: Verdict, retry: Verdict) -> Verdict:
+    """The verdict after a confirmation run: the retry's, with the first measurement kept."""
+    values = {**retry.values, "first_ratio": first.values.get("ratio"), "confirmations": 1}
+    if retry.status == "fail":
+        message = f"{retry.message} (confirmed: the first measurement read x{first.values['ratio']:.3f})"
+        return Verdict(retry.gate, "fail", message, values)
+    message = f"{retry.message}; a first measurement read x{first.values['ratio']:.3f} and was not confirmed"
+    return Verdict(retry.gate, retry.status, message, values)
 
 
 def _array(samples: list[float]) -> Any:

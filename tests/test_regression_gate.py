@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from perfgate.drift import hardware_drift, settings_drift
-from perfgate.gates import RegressionGate, RegressionPolicy
+from perfgate.gates import RegressionGate, RegressionPolicy, Verdict
 from perfgate.reference_workload import measure_reference, reference_kernel
 
 BASE = np.array([1.00, 1.02, 1.04, 1.06, 1.08, 1.10, 1.12, 1.14, 1.16, 1.18]) * 1e-3
@@ -234,7 +234,9 @@ def test_gate_and_baseline_lifecycle_on_a_real_injected_slowdown(
     slowed = gate_project.runpytest_subprocess(
         "perf", "-k", "slowed", "--benchmark-compare", "--benchmark-compare-fail=median:50%"
     )
-    slowed.stdout.fnmatch_lines([f"*{SLOWED}: regression gate failed*", "*regressed*"])
+    slowed.stdout.fnmatch_lines(
+        [f"*{SLOWED}: regression gate failed*", "*regressed (confirmed: the first measurement read x*"]
+    )
     slowed.stdout.fnmatch_lines(
         [
             "case*base p50 ms*now p50 ms*ratio*95% CI*machine*verdict*",
@@ -312,3 +314,38 @@ def test_refresh_changed_needs_compare(perf_project: pytest.Pytester) -> None:
     result = perf_project.runpytest_inprocess("perf", "--perf-refresh-changed")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--perf-refresh-changed needs --benchmark-compare*"])
+
+
+def test_a_failure_stands_only_when_its_confirmation_fails_too() -> None:
+    """A burst of noise during one measurement is not a regression; a repeated slowdown is."""
+    from perfgate.execution import _confirmed
+
+    first = Verdict("regression", "fail", "x1.300 slower", {"ratio": 1.30})
+    transient = _confirmed(
+        first, Verdict("regression", "pass", "x1.010 of the baseline: unchanged", {"ratio": 1.01})
+    )
+    assert transient.status == "pass"
+    assert transient.values["first_ratio"] == 1.30 and transient.values["ratio"] == 1.01
+    assert "a first measurement read x1.300 and was not confirmed" in transient.message
+    real = _confirmed(first, Verdict("regression", "fail", "x1.280 slower", {"ratio": 1.28}))
+    assert real.status == "fail" and "(confirmed: the first measurement read x1.300)" in real.message
+    assert real.values["confirmations"] == 1
+
+
+def test_confirmation_can_be_switched_off() -> None:
+    assert RegressionPolicy().confirm == 1
+    assert RegressionPolicy().merged({"confirm": 0}).confirm == 0
+
+
+def test_the_machine_factor_excuses_but_never_accuses() -> None:
+    """A faster reference workload alone cannot fail a case; a uniformly slower machine is excused."""
+    rng = np.random.default_rng(0)
+    base = 1e-4 * (1 + 0.01 * rng.standard_normal(500))
+    gate = RegressionGate(RegressionPolicy(threshold=0.05))
+    same = 1e-4 * (1 + 0.01 * rng.standard_normal(500))
+    # The reference read 13% faster while the case ran at its baseline speed (seen on this runner).
+    assert gate.compute(same, base, reference_factor=0.87).status == "pass"
+    slower_machine = same * 1.25
+    excused = gate.compute(slower_machine, base, reference_factor=1.22)
+    assert excused.status == "pass" and "the whole machine is slower" in excused.message
+    assert gate.compute(slower_machine, base, reference_factor=1.0).status == "fail"
