@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
-from perfgate.backends.torch_eager import TorchSession, serialized_size
+from perfgate.backends.torch_eager import TorchSession, in_memory_artifact
 
 
 def compile_module(module: torch.nn.Module, example: torch.Tensor, threads: int | None) -> tuple[Any, float]:
@@ -67,13 +67,13 @@ class TorchCompileCpuBackend(Backend):
         threads = request.run_settings.intra_op_threads if request.run_settings else None
         example = torch.from_numpy(request.data.example(request.batch_size))
         compiled, compile_s = compile_module(module, example, threads)
-        return Artifact(
-            path=None,
-            size_bytes=serialized_size(module),
-            build_s=compile_s,
-            cached=False,  # inductor's own caches make a warm compile faster, not free
-            payload=compiled,
-            info={"lowering": request.lowering, "compiled_threads": threads or torch.get_num_threads()},
+        # Never "cached": inductor's own caches make a warm compile faster, not free.
+        return in_memory_artifact(
+            module,
+            compiled,
+            compile_s,
+            lowering=request.lowering,
+            compiled_threads=threads or torch.get_num_threads(),
         )
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> TorchSession:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
-from perfgate.backends.torch_eager import TorchSession, serialized_size
+from perfgate.backends.torch_eager import TorchSession, in_memory_artifact
 from perfgate.cuda_timing import CudaEventTimer, copies_timed
 
 LOWERING_DTYPES = {"none": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -147,14 +147,7 @@ class TorchCudaBackend(Backend):
         start = time.perf_counter()
         module = cuda_module(request)
         torch.cuda.synchronize()
-        return Artifact(
-            path=None,
-            size_bytes=serialized_size(module),
-            build_s=time.perf_counter() - start,
-            cached=False,
-            payload=module,
-            info={"lowering": request.lowering},
-        )
+        return in_memory_artifact(module, module, time.perf_counter() - start, lowering=request.lowering)
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> CudaTorchSession:
         session = self.session_class(
@@ -186,6 +179,7 @@ class TorchCompileCudaBackend(TorchCudaBackend):
     """
 
     requires = ("torch", "triton")  # inductor generates Triton kernels on CUDA
+    session_class: ClassVar[type[CudaTorchSession]] = CompiledCudaSession
 
     def __init__(self, name: str, mode: str) -> None:
         super().__init__(name)
@@ -200,21 +194,14 @@ class TorchCompileCudaBackend(TorchCudaBackend):
             # torch.compile is lazy: the first call at the timed shape compiles, so it is the build.
             compiled(example.to(device="cuda", dtype=LOWERING_DTYPES[request.lowering]))
         torch.cuda.synchronize()
-        return Artifact(
-            path=None,
-            size_bytes=serialized_size(module),
-            build_s=time.perf_counter() - start,
-            cached=False,
-            payload=compiled,
-            info={"lowering": request.lowering, "compile_mode": self.mode},
+        return in_memory_artifact(
+            module, compiled, time.perf_counter() - start, lowering=request.lowering, compile_mode=self.mode
         )
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> CudaTorchSession:
-        session = CompiledCudaSession(
-            artifact.payload, LOWERING_DTYPES[request.lowering], copies_timed(request.options)
-        )
-        session.mark_steps = self.mode != "default"
-        session.settings = {**cuda_settings(session), "compile_mode": self.mode, "compile_dynamic": False}
+        session = super().load(artifact, request, settings)
+        session.mark_steps = self.mode != "default"  # type: ignore[attr-defined]
+        session.settings.update(compile_mode=self.mode, compile_dynamic=False)
         return session
 
 

@@ -21,6 +21,16 @@ def serialized_size(module: torch.nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
+def in_memory_artifact(module: torch.nn.Module, payload: Any, build_s: float, **info: Any) -> Artifact:
+    """A torch model that lives in memory: its size is that of its serialized state dict.
+
+    :param module: the module whose weights count as the artifact's size.
+    :param payload: what the session runs (the module, or its compiled wrapper).
+    :param build_s: what building it cost, in seconds.
+    """
+    return Artifact(None, serialized_size(module), build_s, cached=False, payload=payload, info=info)
+
+
 def quantize_dynamic_int8(module: torch.nn.Module) -> torch.nn.Module:
     """INT8 weights with activations quantized on the fly, for Linear, LSTM and GRU layers."""
     from torch.ao.quantization import quantize_dynamic
@@ -116,14 +126,7 @@ class TorchEagerBackend(Backend):
     def build(self, request: BuildRequest) -> Artifact:
         start = time.perf_counter()
         module = LOWERINGS[request.lowering](request).to(self._torch_device()).eval()
-        return Artifact(
-            path=None,
-            size_bytes=serialized_size(module),
-            build_s=time.perf_counter() - start,
-            cached=False,
-            payload=module,
-            info={"lowering": request.lowering},
-        )
+        return in_memory_artifact(module, module, time.perf_counter() - start, lowering=request.lowering)
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> TorchSession:
         session = TorchSession(artifact.payload, self._torch_device(), {})
@@ -142,4 +145,3 @@ class TorchEagerBackend(Backend):
 
 
 TORCH_CPU = TorchEagerBackend("torch_cpu", "cpu", frozenset(LOWERINGS))
-TORCH_CUDA = TorchEagerBackend("torch_cuda", "cuda", frozenset({"none"}))
