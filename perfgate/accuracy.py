@@ -11,7 +11,7 @@ import numpy as np
 from perfgate.registry import Registry
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
-"""A task metric: ``metric(outputs, labels) -> score``, higher is better."""
+"""A task metric: ``metric(outputs, labels) -> score``; the model's ``metric_direction`` says which way is better."""
 
 METRICS: Registry[Metric] = Registry("metric")
 
@@ -33,6 +33,32 @@ def resolve_metric(name: str) -> Metric:
     return METRICS.get(name)
 
 
+def _row_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The cosine similarity of each pair of rows, with a defined value for all-zero rows.
+
+    :param ref: the reference rows, float64 of shape ``(N, D)``.
+    :param out: the output rows, of the same shape.
+    """
+    ref_zero = ~np.any(ref != 0, axis=1)
+    out_zero = ~np.any(out != 0, axis=1)
+    # Each row is divided by its largest magnitude first, so that tiny (or huge) but non-zero rows
+    # keep a norm >= 1 instead of under- or overflowing to a false zero (or inf).
+    ref_unit = ref / np.where(ref_zero, 1.0, np.max(np.abs(ref), axis=1, initial=0.0))[:, None]
+    out_unit = out / np.where(out_zero, 1.0, np.max(np.abs(out), axis=1, initial=0.0))[:, None]
+    norms = np.linalg.norm(ref_unit, axis=1) * np.linalg.norm(out_unit, axis=1)
+    cosines = np.sum(ref_unit * out_unit, axis=1) / np.where(ref_zero | out_zero, 1.0, norms)
+    # A zero row has no direction. Two zero rows agree exactly (1.0); a zero row against a
+    # non-zero one is the collapsed-scale INT8 failure (every output 0) and must not pass a
+    # cosine gate, so it scores 0.0, as orthogonal rows do.
+    return np.where(ref_zero & out_zero, 1.0, np.where(ref_zero | out_zero, 0.0, cosines))
+
+
+def _scale(ref: np.ndarray) -> float:
+    """The largest absolute value of the (finite part of the) reference outputs."""
+    finite = ref[np.isfinite(ref)]
+    return float(np.max(np.abs(finite))) if finite.size else 0.0
+
+
 @dataclass(frozen=True)
 class Fidelity:
     """How closely a variant's outputs follow the reference outputs on the same inputs."""
@@ -42,6 +68,8 @@ class Fidelity:
     cosine: float
     max_abs_diff: float
     finite: bool
+    # The largest absolute reference output: what a scale-aware diff tolerance is relative to.
+    output_scale: float = 0.0
 
     @classmethod
     def compare(cls, reference: np.ndarray, outputs: np.ndarray) -> Fidelity:
@@ -52,18 +80,18 @@ class Fidelity:
         out = outputs.astype(np.float64).reshape(len(outputs), -1)
         finite = bool(np.all(np.isfinite(out)))
         if not finite:
-            return cls(0.0, -math.inf, 0.0, math.inf, finite=False)
+            return cls(0.0, -math.inf, 0.0, math.inf, finite=False, output_scale=_scale(ref))
         noise = float(np.sum((ref - out) ** 2))
         signal = float(np.sum(ref**2))
         sqnr = math.inf if noise == 0 else 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
-        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-        cosines = np.where(norms > 0, np.sum(ref * out, axis=1) / np.where(norms > 0, norms, 1.0), 1.0)
+        cosines = _row_cosines(ref, out)
         return cls(
             top1_agreement=float(np.mean(np.argmax(ref, axis=1) == np.argmax(out, axis=1))),
             sqnr_db=sqnr,
             cosine=float(np.mean(cosines)),
             max_abs_diff=float(np.max(np.abs(ref - out))),
             finite=True,
+            output_scale=_scale(ref),
         )
 
     def to_dict(self) -> dict[str, float | bool]:
@@ -79,6 +107,7 @@ class AccuracyResult:
     reference_metric: float | None
     fidelity: Fidelity
     eval_samples: int
+    metric_direction: str = "higher"  # "lower" for a loss or an error (MSE, MAE)
 
     @property
     def metric_delta(self) -> float | None:
@@ -93,5 +122,6 @@ class AccuracyResult:
             "reference_metric": self.reference_metric,
             "metric_delta": self.metric_delta,
             "eval_samples": self.eval_samples,
+            "metric_direction": self.metric_direction,
             "fidelity": self.fidelity.to_dict(),
         }

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
+class CalibrationDataError(ValueError):
+    """A static quantization needs calibration data that the model's data set does not provide."""
+
+
 @dataclass(frozen=True)
 class ModelData:
     """Inputs and labels of one model.
@@ -16,6 +20,10 @@ class ModelData:
     (QAT, pruning, distillation); ``calibration`` feeds static quantization. Inputs are float32
     arrays of shape ``(N, ...)``; labels are int64 of shape ``(N,)`` and may be ``None`` for a model
     that is judged only on fidelity to its FP32 reference.
+
+    A data set without a calibration or a training split can calibrate only on its eval inputs,
+    which fits the quantization ranges to the very data that judges them; that is an error unless
+    ``calibrate_on_eval`` opts in (``calibrate_on_eval = true`` in the matrix's ``[models.NAME]``).
     """
 
     name: str
@@ -24,6 +32,7 @@ class ModelData:
     train_inputs: np.ndarray | None = None
     train_labels: np.ndarray | None = None
     calibration: np.ndarray | None = None
+    calibrate_on_eval: bool = False
 
     def __post_init__(self) -> None:
         if self.eval_inputs.ndim < 2 or len(self.eval_inputs) == 0:
@@ -42,12 +51,38 @@ class ModelData:
     def has_labels(self) -> bool:
         return self.eval_labels is not None
 
+    @property
+    def calibration_source(self) -> str:
+        """Which split calibrates: ``"calibration"``, else ``"train"``, else ``"eval"``.
+
+        ``"eval"`` is only a fact about the data; :meth:`calibration_set` refuses it unless
+        ``calibrate_on_eval`` is set.
+        """
+        if self.calibration is not None:
+            return "calibration"
+        if self.train_inputs is not None:
+            return "train"
+        return "eval"
+
     def calibration_set(self, size: int) -> np.ndarray:
-        """The first ``size`` calibration inputs (falling back to the training split)."""
-        source = self.calibration if self.calibration is not None else self.train_inputs
-        if source is None:
-            source = self.eval_inputs
-        return source[:size]
+        """The first ``size`` calibration inputs, falling back to the training split.
+
+        :param size: how many inputs at most.
+        :raises CalibrationDataError: when there is neither a calibration nor a training split and
+            ``calibrate_on_eval`` is not set.
+        """
+        if self.calibration is not None:
+            return self.calibration[:size]
+        if self.train_inputs is not None:
+            return self.train_inputs[:size]
+        if not self.calibrate_on_eval:
+            raise CalibrationDataError(
+                f"data set {self.name!r} has no calibration or training split, so static quantization "
+                "would calibrate on the eval inputs it is judged on. Add calibration= (or "
+                "train_inputs=) to its ModelData, or opt in with calibrate_on_eval = true in the "
+                "model's [models.NAME] table of the matrix."
+            )
+        return self.eval_inputs[:size]
 
     def example(self, batch_size: int) -> np.ndarray:
         """A batch of real inputs for timing, repeating the eval set if it is too short."""
@@ -56,6 +91,12 @@ class ModelData:
 
     def fingerprint(self) -> str:
         """A hash of every array, so that a cache keyed on it follows any change of the data."""
+        # ``calibrate_on_eval`` is deliberately not hashed: it never changes what calibrates, only
+        # whether calibrating on the eval inputs is allowed. With a calibration or training split it
+        # has no effect; without one, the run without it raises and caches nothing, and the run with
+        # it calibrates on the eval inputs, which are hashed below. So every cached artifact already
+        # follows its calibration data, and hashing the flag would only throw away cached training
+        # and fine-tuning artifacts (keyed on this fingerprint too) when a matrix toggles it.
         digest = hashlib.sha256(self.name.encode())
         for array in (
             self.eval_inputs,

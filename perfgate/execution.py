@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from perfgate.accuracy import AccuracyResult, Fidelity, resolve_metric
 from perfgate.backends import BACKENDS, Artifact, BuildRequest, RunSettings, Session, predict
-from perfgate.baselines import (
-    REFERENCE_SETTING,
-    baseline_path,
-    baseline_reference_us,
-    baseline_samples,
-    cached_baseline,
-)
-from perfgate.cache import stable_hash
+from perfgate.baselines import REFERENCE_SETTING, BaselineCase, baseline_path, cached_baseline
+from perfgate.cache import dir_size_bytes, stable_hash
 from perfgate.cuda_timing import record_device_timing
-from perfgate.gates import RegressionGate, Verdict, accuracy_verdicts
+from perfgate.drift import incomparable_reasons
+from perfgate.gates import (
+    BaselineAccuracyGate,
+    Effect,
+    RegressionGate,
+    TechniqueEffectGate,
+    Verdict,
+    accuracy_verdicts,
+)
+from perfgate.hardware import detect
 from perfgate.matrix import Case
 from perfgate.memory import PeakMemory, gpu_peak_memory
 from perfgate.models import LoadedModel
@@ -38,11 +42,11 @@ class CaseRun:
         case: Case,
         session: PerfgateSession,
         nodeid: str,
-        compared_mapping: dict[Any, Any] | None = None,
+        compare: bool = False,
         require_baseline: bool = False,
     ) -> None:
         self.case = case
-        self.compared_mapping = compared_mapping
+        self.compare = compare
         self.require_baseline = require_baseline
         self.session = session
         self.backend = BACKENDS.get(case.backend)
@@ -53,6 +57,8 @@ class CaseRun:
         self.artifact: Artifact | None = None
         self.runtime: Session | None = None
         self._step: Any = None  # the timed call, kept for a confirmation run
+        self._benchmark: Any = None  # pytest-benchmark's fixture, to show the accepted measurement
+        self._effect: Effect | None = None
         self.result = CaseResult(
             case_id=case.id,
             model=case.model.name,
@@ -89,21 +95,58 @@ class CaseRun:
             batch_size=self.case.batch_size,
             cache=self.session.cache,
             run_settings=self._run_settings(),  # a compiler (inductor) bakes the thread count in
+            export_tolerance=self._export_tolerance(),
         )
         self.session.progress(f"{self.case.id}: building")
         self.artifact = self.backend.build(self.request)
         self.result.build_s = self.artifact.build_s
         self.result.build_cached = self.artifact.cached
         self.result.artifact_bytes = self.artifact.size_bytes
+        self._effect = self._measure_effect()
         start = time.perf_counter()
         self.runtime = self.backend.load(self.artifact, self.request, self._run_settings())
         self.result.load_s = time.perf_counter() - start
-        self.result.settings = {**self.runtime.settings, **described, "batch_size": self.case.batch_size}
+        self.result.settings = {
+            **self.result.settings,
+            **self.runtime.settings,
+            **described,
+            "batch_size": self.case.batch_size,
+        }
+        if "calibration" in options:
+            self.result.settings["calibration_source"] = model.data.calibration_source
         self.runtime.bind(model.data.example(self.case.batch_size))
         start = time.perf_counter()
         self.runtime.run()
         self.runtime.synchronize()
         self.result.first_inference_s = time.perf_counter() - start
+
+    def _export_tolerance(self) -> Any:
+        from perfgate.export import ExportTolerance
+
+        return (
+            ExportTolerance(**self.case.model.export_tolerance) if self.case.model.export_tolerance else None
+        )
+
+    def _measure_effect(self) -> Effect:
+        """What the lowering changed: the backend's op counts, and the artifact's size against FP32's."""
+        assert self.artifact is not None and self.model is not None
+        onnx_export = self.artifact.info.get("onnx")
+        if onnx_export:
+            float_bytes = dir_size_bytes(Path(onnx_export))
+        else:
+            from perfgate.backends.torch_eager import serialized_size
+
+            float_bytes = serialized_size(self.model.module)
+        counts = self.backend.inspect(self.artifact) if self.technique.lowering != "none" else {}
+        if counts:
+            self.result.settings["op_counts"] = counts
+        return Effect(
+            self.technique.lowering,
+            self.technique.size_reducing,
+            counts,
+            self.artifact.size_bytes,
+            float_bytes,
+        )
 
     def _run_settings(self) -> RunSettings:
         threads = {**self.case.threads, **(self.technique.run_settings(self.session.hardware) or {})}
@@ -125,17 +168,32 @@ class CaseRun:
             reference_metric=self.session.reference_metric(spec, self.model),
             fidelity=Fidelity.compare(reference, outputs),
             eval_samples=len(outputs),
+            metric_direction=spec.metric_direction,
         )
         self.result.accuracy = {**accuracy.to_dict(), "policy": self.case.accuracy.to_dict()}
         verdicts = accuracy_verdicts(accuracy, self.case.accuracy)
+        if self._effect is not None:
+            verdicts += [v for v in [TechniqueEffectGate(self.case.accuracy).compute(self._effect)] if v]
+        if self.compare:
+            baseline = self._baseline_case()
+            metric_then = baseline.metric if baseline else None
+            verdicts += [
+                v for v in [BaselineAccuracyGate(self.case.accuracy).compute(accuracy, metric_then)] if v
+            ]
         self.result.verdicts.extend(verdicts)
         self._fail_on(verdicts, "accuracy gate")
+
+    def _baseline_case(self) -> BaselineCase | None:
+        """This case in this runner's baseline file, read by case id; ``None`` when it has none."""
+        baseline = cached_baseline(baseline_path(self.session.baseline_root, self.session.runner))
+        return baseline.cases.get(self.case.id) if baseline else None
 
     def time(self, benchmark: Any) -> None:
         """Warm up and time the steady state through pytest-benchmark."""
         assert self.runtime is not None and self.model is not None
         self.session.progress(f"{self.case.id}: timing")
         self.runtime.bind(self.model.data.example(self.case.batch_size))
+        self._benchmark = benchmark
         benchmark.group = self.case.model.name
         benchmark.extra_info.update(perfgate_case=self.case.id, settings=self.result.settings)
         device_timer = getattr(self.runtime, "device_timer", None)  # optional: GPU sessions have one
@@ -148,46 +206,78 @@ class CaseRun:
             self.result.settings.update(gpu_peak_memory())
         if timing is None:
             return
-        self.result.samples_s = timing.samples_s
-        # An async-queue session (OpenVINO's throughput hint) runs several batches per timed call.
-        per_call = self.case.batch_size * int(self.result.settings.get("batches_per_run", 1))
-        self.result.latency = LatencyStats.from_samples(timing.samples_s, per_call)
+        self._record_samples(timing.samples_s)
         self.result.settings["warmup_rounds"] = timing.warmup_rounds
         if device_timer is not None:
             record_device_timing(self.result.settings, device_timer, timing.samples_s)
+
+    def _record_samples(self, samples: list[float]) -> None:
+        self.result.samples_s = list(samples)
+        # An async-queue session (OpenVINO's throughput hint) runs several batches per timed call.
+        per_call = self.case.batch_size * int(self.result.settings.get("batches_per_run", 1))
+        self.result.latency = LatencyStats.from_samples(samples, per_call)
 
     def check_regression(self) -> None:
         """Time the reference workload next to the case, then judge it against this runner's baseline.
 
         The reference is timed whenever the case was, so that a refresh stores it; the gate runs
-        under ``--benchmark-compare`` and divides the case's ratio by the reference's. A failing
-        verdict is re-measured ``confirm`` times and stands only if every confirmation fails too.
+        under ``--benchmark-compare``, reads the case's baseline by case id, and divides the case's
+        ratio by the reference's. A baseline taken on other hardware or another major version of
+        the backend's library is ``incomparable``, never judged. A failing verdict is re-measured
+        ``confirm`` times and stands only if every confirmation fails too; the last measurement is
+        the one the result keeps (tables, plots, a refresh), so that a reading the confirmation
+        overturned is never stored.
         """
         if not self.result.samples_s:
             return
         reference_us = self.result.settings[REFERENCE_SETTING] = round(measure_reference() * 1e6, 4)
-        if self.compared_mapping is None:
+        if not self.compare:
             return
-        baseline = baseline_samples(self.compared_mapping, self.result.nodeid)
-        document = cached_baseline(baseline_path(self.session.baseline_root, self.session.runner))
-        baseline_reference = baseline_reference_us(document, self.case.id)
+        baseline = self._baseline_case()
+        if baseline is None:
+            verdict = Verdict("regression", "new", "no baseline for this runner: reported as new")
+        elif reasons := incomparable_reasons(
+            baseline.hardware, detect().to_dict(), self.backend.libraries, self.case.device
+        ):
+            verdict = _incomparable(baseline, self.result.samples_s, reasons)
+        else:
+            verdict = self._judge(baseline, reference_us)
+        if verdict.status in ("new", "incomparable") and self.require_baseline:
+            why = "no baseline for this runner" if verdict.status == "new" else verdict.message
+            verdict = Verdict(verdict.gate, "fail", f"{why} (--perf-require-baseline)", verdict.values)
+        self.result.verdicts.append(verdict)
+        self._fail_on([verdict], "regression gate")
+
+    def _judge(self, baseline: BaselineCase, reference_us: float) -> Verdict:
+        """The regression verdict against ``baseline``, confirmed by re-measuring a failure."""
         gate = RegressionGate(self.case.regression)
 
         def judge(samples: list[float], reference: float) -> Verdict:
-            factor = reference / baseline_reference if baseline_reference else None
-            return gate.compute(_array(samples), _array(baseline) if baseline else None, factor)
+            factor = reference / baseline.reference_us if baseline.reference_us else None
+            return gate.compute(_array(samples), _array(baseline.samples_s), factor)
 
         verdict = judge(self.result.samples_s, reference_us)
         for attempt in range(self.case.regression.confirm):
             if verdict.status != "fail" or self._step is None:
                 break
             self.session.progress(f"{self.case.id}: confirming a regression ({attempt + 1})")
-            retry = judge(sample_directly(self._step, self.case.timing), measure_reference() * 1e6)
-            verdict = _confirmed(verdict, retry)
-        if verdict.status == "new" and self.require_baseline:
-            verdict = Verdict(verdict.gate, "fail", "no baseline for this runner (--perf-require-baseline)")
-        self.result.verdicts.append(verdict)
-        self._fail_on([verdict], "regression gate")
+            samples = sample_directly(self._step, self.case.timing)
+            reference = round(measure_reference() * 1e6, 4)
+            verdict = _confirmed(verdict, judge(samples, reference))
+            self._accept(samples, reference)
+        return verdict
+
+    def _accept(self, samples: list[float], reference_us: float) -> None:
+        """Make a confirmation's measurement the case's: its samples, statistics and reference."""
+        self._record_samples(samples)
+        self.result.settings[REFERENCE_SETTING] = reference_us
+        self.result.settings["confirmed_measurement"] = True
+        if self._benchmark is not None and self._benchmark.stats is not None:
+            # pytest-benchmark's own table and --benchmark-json show the same measurement.
+            fresh = type(self._benchmark.stats.stats)()
+            for sample in samples:
+                fresh.update(sample)
+            self._benchmark.stats.stats = fresh
 
     def close(self) -> None:
         if self.runtime is not None:
@@ -202,9 +292,31 @@ class CaseRun:
             pytest.fail(f"{self.case.id}: {what} failed\n{lines}", pytrace=False)
 
 
+def _incomparable(baseline: BaselineCase, samples: list[float], reasons: list[str]) -> Verdict:
+    """The verdict for a baseline measured on another machine or library: shown, never judged."""
+    values = {
+        "baseline_p50_ms": baseline.p50_ms,
+        "current_p50_ms": _median(samples) * 1e3,
+        "reasons": reasons,
+    }
+    message = "incomparable with the baseline (" + "; ".join(reasons) + "): refresh this runner's baseline"
+    return Verdict("regression", "incomparable", message, values)
+
+
+def _median(samples: list[float]) -> float:
+    import numpy as np
+
+    return float(np.median(np.asarray(samples, dtype=np.float64)))
+
+
 def _confirmed(first: Verdict, retry: Verdict) -> Verdict:
     """The verdict after a confirmation run: the retry's, with the first measurement kept."""
-    values = {**retry.values, "first_ratio": first.values.get("ratio"), "confirmations": 1}
+    values = {
+        **retry.values,
+        "first_ratio": first.values.get("ratio"),
+        "first_p50_ms": first.values.get("current_p50_ms"),
+        "confirmations": first.values.get("confirmations", 0) + 1,
+    }
     if retry.status == "fail":
         message = f"{retry.message} (confirmed: the first measurement read x{first.values['ratio']:.3f})"
         return Verdict(retry.gate, "fail", message, values)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from perfgate.accuracy import AccuracyResult
+from perfgate.accuracy import AccuracyResult, Fidelity
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class Verdict:
     """The outcome of one gate on one case."""
 
     gate: str
-    status: str  # "pass" | "fail" | "new" | "improved"
+    status: str  # "pass" | "fail" | "new" | "improved" | "incomparable" | "allowed"
     message: str
     values: dict[str, Any] = field(default_factory=dict)
 
@@ -28,18 +28,38 @@ class Verdict:
         return asdict(self)
 
 
+METRIC_DIRECTIONS = ("higher", "lower")
+
+
 @dataclass(frozen=True)
 class AccuracyPolicy:
     """Thresholds of the accuracy gates; ``None`` switches a check off.
 
-    The default task-metric rule is MLPerf's: keep at least 99% of the FP32 reference score.
+    The default task-metric rule is MLPerf's: keep at least 99% of the FP32 reference score (for a
+    lower-is-better metric: stay within 101% of it).
+
+    :param min_relative_metric: the variant keeps this fraction of the FP32 reference's metric.
+    :param max_metric_delta: an absolute tolerance on the metric, used instead of the relative
+        rules when set; the only rule that means anything when a reference is <= 0 (R², -MSE).
+    :param max_baseline_drop: under ``--benchmark-compare``, the relative drop of the metric
+        against the one stored in this runner's baseline that fails the case (MLPerf-style 1%).
+    :param max_abs_diff: the output-difference tolerance's absolute floor.
+    :param max_diff_rtol: added to it, this fraction of the output scale (the largest absolute
+        reference output), so that a tolerance means the same for logits and for a regressor in
+        the hundreds.
+    :param require_effect: fail a variant whose technique changed nothing (no quantized op) or
+        whose artifact is not smaller than FP32 for a size-reducing technique.
     """
 
     min_relative_metric: float | None = 0.99
+    max_metric_delta: float | None = None
+    max_baseline_drop: float | None = 0.01
     min_top1_agreement: float | None = None
     min_sqnr_db: float | None = None
     min_cosine: float | None = None
     max_abs_diff: float | None = None
+    max_diff_rtol: float | None = None
+    require_effect: bool = True
 
     def merged(self, overrides: dict[str, Any]) -> AccuracyPolicy:
         """A copy with ``overrides`` applied; unknown keys are an error naming the valid ones."""
@@ -49,12 +69,75 @@ class AccuracyPolicy:
             raise ValueError(f"unknown accuracy setting(s) {sorted(unknown)}; valid: {sorted(valid)}")
         return replace(self, **overrides)
 
-    def to_dict(self) -> dict[str, float | None]:
+    def to_dict(self) -> dict[str, float | bool | None]:
         return asdict(self)
+
+    def diff_limit(self, output_scale: float) -> float | None:
+        """The largest allowed output difference for outputs of this scale, or ``None`` for no check."""
+        if self.max_abs_diff is None and self.max_diff_rtol is None:
+            return None
+        return (self.max_abs_diff or 0.0) + (self.max_diff_rtol or 0.0) * output_scale
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """How far a task metric may move the wrong way from a reference value.
+
+    :param direction: ``"higher"`` or ``"lower"``: which way the metric is better.
+    :param relative: the allowed move as a fraction of the reference (needs a reference > 0).
+    :param absolute: the allowed move in the metric's own units; wins over ``relative`` when set.
+    """
+
+    direction: str
+    relative: float | None
+    absolute: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.relative is not None or self.absolute is not None
+
+    def limit(self, reference: float) -> tuple[float | None, str]:
+        """The worst value the metric may take, and how it was set; ``None`` with the reason when refused."""
+        sign = 1.0 if self.direction == "lower" else -1.0
+        if self.absolute is not None:
+            return (
+                reference + sign * self.absolute,
+                f"the reference {'+' if sign > 0 else '-'} {self.absolute:g}",
+            )
+        assert self.relative is not None
+        if not reference > 0:
+            return None, (
+                f"the reference is {reference:.6g} (<= 0): a relative tolerance means nothing for it; "
+                "set max_metric_delta (an absolute tolerance) in the model's accuracy table"
+            )
+        share = 1.0 + sign * self.relative
+        return reference * share, f"{share:.2%} of the reference"
+
+    def keeps(self, metric: float, limit: float) -> bool:
+        """Whether ``metric`` is at least as good as ``limit`` (a float rounding's grace)."""
+        if not math.isfinite(metric):
+            return False
+        return metric <= limit + 1e-12 if self.direction == "lower" else metric >= limit - 1e-12
+
+
+def _metric_verdict(
+    gate: str, rule: MetricRule, name: str | None, metric: float, reference: float, against: str
+) -> Verdict:
+    """The verdict of ``metric`` against ``reference`` under ``rule``, both values in the message."""
+    better = "lower" if rule.direction == "lower" else "higher"
+    limit, how = rule.limit(reference)
+    values = {"metric": metric, "reference": reference, "direction": rule.direction, "required": limit}
+    head = f"{name} {metric:.4f} vs {against} {reference:.4f} ({better} is better)"
+    if limit is None:
+        return Verdict(gate, "fail", f"{head}: {how}", values)
+    ok = rule.keeps(metric, limit)
+    word = "keeps" if ok else ("exceeds" if rule.direction == "lower" else "falls below")
+    bound = "allowed" if rule.direction == "lower" else "required"
+    return Verdict(gate, "pass" if ok else "fail", f"{head}: {word} the {bound} {limit:.4f} ({how})", values)
 
 
 class TaskMetricGate:
-    """The variant keeps at least ``min_relative_metric`` of the reference's task metric."""
+    """The variant keeps its task metric within the policy's tolerance of the FP32 reference's."""
 
     name = "task_metric"
 
@@ -63,17 +146,41 @@ class TaskMetricGate:
 
     def compute(self, result: AccuracyResult) -> Verdict | None:
         floor = self.policy.min_relative_metric
-        if floor is None or result.metric is None or result.reference_metric is None:
+        relative = None if floor is None else 1.0 - floor
+        rule = MetricRule(result.metric_direction, relative, self.policy.max_metric_delta)
+        if not rule.active or result.metric is None or result.reference_metric is None:
             return None
-        required = floor * result.reference_metric
-        values = {"metric": result.metric, "reference": result.reference_metric, "required": required}
-        ok = math.isfinite(result.metric) and result.metric >= required - 1e-12
-        message = (
-            f"{result.metric_name} {result.metric:.4f} vs reference {result.reference_metric:.4f}: "
-            f"{'keeps' if ok else 'falls below'} the required {required:.4f} "
-            f"({floor:.2%} of the reference)"
+        return _metric_verdict(
+            self.name, rule, result.metric_name, result.metric, result.reference_metric, "reference"
         )
-        return Verdict(self.name, "pass" if ok else "fail", message, values)
+
+
+class BaselineAccuracyGate:
+    """Under ``--benchmark-compare``: the task metric keeps what this runner's baseline stored.
+
+    Every other gate compares a variant with the FP32 reference of the *current* model, so a model
+    change that makes the FP32 model itself worse would pass them all.
+    """
+
+    name = "baseline_accuracy"
+
+    def __init__(self, policy: AccuracyPolicy) -> None:
+        self.policy = policy
+
+    def compute(self, result: AccuracyResult, baseline_metric: float | None) -> Verdict | None:
+        """The verdict, or ``None`` when the case or its baseline has no task metric.
+
+        :param result: this run's accuracy pass.
+        :param baseline_metric: the task metric stored with the case's baseline.
+        """
+        rule = MetricRule(
+            result.metric_direction, self.policy.max_baseline_drop, self.policy.max_metric_delta
+        )
+        if not rule.active or result.metric is None or baseline_metric is None:
+            return None
+        return _metric_verdict(
+            self.name, rule, result.metric_name, result.metric, baseline_metric, "the baseline's"
+        )
 
 
 class FidelityGate:
@@ -93,19 +200,34 @@ class FidelityGate:
             ("top-1 agreement", fid.top1_agreement, p.min_top1_agreement, ">="),
             ("SQNR dB", fid.sqnr_db, p.min_sqnr_db, ">="),
             ("cosine", fid.cosine, p.min_cosine, ">="),
-            ("max abs diff", fid.max_abs_diff, p.max_abs_diff, "<="),
         ]
         broken = [
             f"{label} {value:.6g} (needs {op} {limit:.6g})"
             for label, value, limit, op in checks
             if limit is not None and not (value >= limit if op == ">=" else value <= limit)
         ]
+        diff = self._diff_problem(fid)
+        broken += [diff] if diff else []
         summary = ", ".join(f"{label} {value:.6g}" for label, value, _, _ in checks)
+        summary += f", max abs diff {fid.max_abs_diff:.6g}"
         if broken:
             return Verdict(
                 self.name, "fail", "fidelity to the FP32 reference: " + "; ".join(broken), fid.to_dict()
             )
         return Verdict(self.name, "pass", summary, fid.to_dict())
+
+    def _diff_problem(self, fid: Fidelity) -> str | None:
+        """The max-abs-diff check against a tolerance that scales with the outputs, or ``None`` if it holds."""
+        p = self.policy
+        limit = p.diff_limit(fid.output_scale)
+        if limit is None or fid.max_abs_diff <= limit:
+            return None
+        if not p.max_diff_rtol:
+            return f"max abs diff {fid.max_abs_diff:.6g} (needs <= {limit:.6g})"
+        return (
+            f"max abs diff {fid.max_abs_diff:.6g} (needs <= {p.max_abs_diff or 0:g} + {p.max_diff_rtol:g} "
+            f"x output scale {fid.output_scale:.6g} = {limit:.6g})"
+        )
 
 
 def accuracy_verdicts(result: AccuracyResult, policy: AccuracyPolicy) -> list[Verdict]:
@@ -285,3 +407,86 @@ class RegressionGate:
             )
         why = "within the threshold" if 1.0 / limit <= ratio <= limit else f"not significant ({evidence})"
         return "pass", f"x{ratio:.3f} of the baseline: unchanged ({why})"
+
+
+# Lowerings whose whole point is INT8 compute: a variant with none of it did nothing.
+INT8_LOWERINGS = frozenset({"int8_dynamic", "int8_static", "int8_qat"})
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What a technique's lowering really changed, as the backend and the artifact show it.
+
+    :param lowering: the lowering the technique asked for (``int8_static``, ``fp16``, ...).
+    :param size_reducing: whether the technique exists to make the artifact smaller.
+    :param counts: the backend's ``inspect()``: ``quantized_ops`` and ``float_ops``, or ``{}``.
+    :param artifact_bytes: the variant's artifact size.
+    :param float_bytes: the size of the same model in FP32 (the FP32 export, or its state dict).
+    """
+
+    lowering: str
+    size_reducing: bool
+    counts: dict[str, int]
+    artifact_bytes: int | None
+    float_bytes: int | None
+
+    def problems(self) -> list[str]:
+        """Why the variant does not show its technique's effect; empty when it does."""
+        problems = []
+        quantized = self.counts.get("quantized_ops")
+        if self.lowering in INT8_LOWERINGS and quantized == 0:
+            problems.append(
+                f"no quantized op: all {self.counts.get('float_ops', 0)} compute ops are still float"
+            )
+        if (
+            self.size_reducing
+            and self.artifact_bytes
+            and self.float_bytes
+            and self.artifact_bytes >= self.float_bytes
+        ):
+            problems.append(
+                f"the artifact ({self.artifact_bytes} bytes) is not smaller than FP32 ({self.float_bytes} bytes)"
+            )
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.counts, "artifact_bytes": self.artifact_bytes, "float_bytes": self.float_bytes}
+
+
+class TechniqueEffectGate:
+    """The technique did something: INT8 ops really quantized, a size-reducing artifact really smaller.
+
+    Its verdict is ``allowed`` (flagged, not failed) where the matrix sets ``require_effect = false``.
+    """
+
+    name = "technique_effect"
+
+    def __init__(self, policy: AccuracyPolicy) -> None:
+        self.policy = policy
+
+    def compute(self, effect: Effect) -> Verdict | None:
+        """The verdict, or ``None`` for a technique that promises no measurable effect (fp32, threads)."""
+        if effect.lowering not in INT8_LOWERINGS and not effect.size_reducing:
+            return None
+        values = {**effect.to_dict(), "problems": effect.problems()}
+        summary = _effect_summary(effect)
+        if not values["problems"]:
+            return Verdict(self.name, "pass", summary, values)
+        text = "; ".join(values["problems"])
+        if not self.policy.require_effect:
+            return Verdict(self.name, "allowed", f"{text} (allowed: require_effect = false)", values)
+        return Verdict(
+            self.name,
+            "fail",
+            f"{text}; if that is expected, set require_effect = false for this case",
+            values,
+        )
+
+
+def _effect_summary(effect: Effect) -> str:
+    parts = []
+    if effect.counts:
+        parts.append(f"{effect.counts.get('quantized_ops', 0)} quantized / {effect.counts.get('float_ops', 0)} float compute ops")  # fmt: skip
+    if effect.artifact_bytes and effect.float_bytes:
+        parts.append(f"artifact {effect.artifact_bytes / effect.float_bytes:.0%} of FP32")
+    return ", ".join(parts) or "no measurement of the effect"

@@ -28,6 +28,10 @@ ISA_FLAGS = {
     "asimd": "neon",
     "asimddp": "neon_dotprod",
 }
+# The ISA tiers that split one CPU name into machines of different inference speed, in id order.
+RUNNER_ISA = ("avx512", "vnni", "amx")
+# The CPU signature lines of /proc/cpuinfo: x86 family/model/stepping, else ARM implementer/part/variant.
+SIGNATURE_KEYS = (("cpu family", "model", "stepping"), ("CPU implementer", "CPU part", "CPU variant"))
 LIBRARIES = (
     "torch",
     "onnxruntime",
@@ -56,6 +60,10 @@ class Hardware:
     system: str = platform.system()
     gpu_driver: str | None = None  # NVIDIA driver (NVML, else /proc/driver/nvidia/version)
     tensorrt_version: str | None = None  # an engine is only valid for the TensorRT that built it
+    # Which silicon: a cloud VM's model name is often just "AMD EPYC" for Rome, Milan and Genoa alike.
+    cpu_family: str | None = None
+    cpu_model_number: str | None = None
+    cpu_stepping: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         result = asdict(self)
@@ -64,8 +72,10 @@ class Hardware:
         return result
 
     def runner_id(self) -> str:
-        """A readable id from the hardware: CPU model and core count, plus the GPU if any."""
-        parts = [slug(self.cpu_model), f"{self.cpu_cores}c"]
+        """A readable id from the hardware: CPU model, signature and ISA tiers, cores, plus the GPU if any."""
+        tiers = [name for name in RUNNER_ISA if name in self.isa]
+        tag = cpu_tag(self.cpu_family, self.cpu_model_number, self.cpu_stepping)
+        parts = [slug(self.cpu_model), tag.lower(), *tiers, f"{self.cpu_cores}c"]
         if self.gpus:
             parts.append(slug(str(self.gpus[0]["name"])))
             if len(self.gpus) > 1:
@@ -86,16 +96,78 @@ def _cpuinfo() -> str:
         return ""
 
 
-def cpu_model() -> str:
-    match = re.search(r"^(model name|Hardware|cpu model)\s*:\s*(.+)$", _cpuinfo(), re.MULTILINE)
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name, else what ``platform`` knows.
+
+    :param cpuinfo: the text of /proc/cpuinfo; ``None`` reads this machine's.
+    """
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    match = re.search(r"^(model name|Hardware|cpu model)\s*:\s*(.+)$", text, re.MULTILINE)
     return (match.group(2) if match else platform.processor() or platform.machine()).strip()
 
 
-def cpu_isa() -> tuple[str, ...]:
+def cpu_isa(cpuinfo: str | None = None) -> tuple[str, ...]:
+    """The instruction sets of :data:`ISA_FLAGS` that the CPU has, sorted.
+
+    :param cpuinfo: the text of /proc/cpuinfo; ``None`` reads this machine's.
+    """
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
     flags: set[str] = set()
-    for match in re.finditer(r"^(flags|Features)\s*:\s*(.+)$", _cpuinfo(), re.MULTILINE):
+    for match in re.finditer(r"^(flags|Features)\s*:\s*(.+)$", text, re.MULTILINE):
         flags.update(match.group(2).split())
     return tuple(sorted({name for flag, name in ISA_FLAGS.items() if flag in flags}))
+
+
+def _cpuinfo_value(cpuinfo: str, key: str) -> str | None:
+    """The first value of ``key`` in the cpuinfo text, ``None`` when absent or unknown.
+
+    :param cpuinfo: the text of /proc/cpuinfo.
+    :param key: the line's name, e.g. ``cpu family``.
+    """
+    # [ \t], not \s: an empty value must not take the next line's.
+    match = re.search(rf"^{re.escape(key)}[ \t]*:[ \t]*(\S+)", cpuinfo, re.MULTILINE)
+    value = match.group(1) if match else None
+    return None if value is None or value.lower() == "unknown" else value
+
+
+def cpu_signature(cpuinfo: str | None = None) -> tuple[str | None, str | None, str | None]:
+    """The CPU's (family, model, stepping) on x86, (implementer, part, variant) on ARM.
+
+    :param cpuinfo: the text of /proc/cpuinfo; ``None`` reads this machine's.
+    """
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    for keys in SIGNATURE_KEYS:
+        family, model, stepping = (_cpuinfo_value(text, key) for key in keys)
+        if family is not None or model is not None:
+            return family, model, stepping
+    return None, None, None
+
+
+def cpu_tag(family: str | None, model: str | None, stepping: str | None) -> str:
+    """A short signature such as ``f25m17s1`` of the parts known, empty when none is.
+
+    :param family: the CPU family (ARM: implementer).
+    :param model: the model number (ARM: part).
+    :param stepping: the stepping (ARM: variant).
+    """
+    parts = zip("fms", (family, model, stepping), strict=True)
+    return "".join(f"{letter}{value}" for letter, value in parts if value is not None)
+
+
+def cpu_fields(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU part of a :class:`Hardware`: model name, ISA and signature.
+
+    :param cpuinfo: the text of /proc/cpuinfo; ``None`` reads this machine's.
+    """
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    family, model, stepping = cpu_signature(text)
+    return {
+        "cpu_model": cpu_model(text),
+        "isa": cpu_isa(text),
+        "cpu_family": family,
+        "cpu_model_number": model,
+        "cpu_stepping": stepping,
+    }
 
 
 def cpu_cores() -> int:
@@ -140,10 +212,9 @@ def detect() -> Hardware:
     gpus, cuda, cudnn = _cuda_devices()
     libraries = library_versions()
     return Hardware(
-        cpu_model=cpu_model(),
+        **cpu_fields(),
         cpu_cores=cpu_cores(),
         machine=platform.machine(),
-        isa=cpu_isa(),
         gpus=gpus,
         cuda_version=cuda,
         cudnn_version=cudnn,

@@ -35,7 +35,14 @@ MODEL_KEYS = {
     "regression",
     "options",
     "description",
+    "metric_direction",
+    "export_tolerance",
+    "calibrate_on_eval",
 }
+EXPORT_TOLERANCE_KEYS = {"atol", "rtol"}
+METRIC_DIRECTIONS = ("higher", "lower")
+# ``load_matrix(path, ALL_PROFILES)``: every case of the file, whatever profile a run selects.
+ALL_PROFILES = "*"
 TECHNIQUE_KEYS = {"accuracy", "regression", "options", "batch_sizes", "markers"}
 BACKEND_KEYS = {"threads", "markers"}
 OVERRIDE_KEYS = {"match", "accuracy", "regression", "timing", "reason"}
@@ -55,6 +62,9 @@ class ModelSpec:
     metric: str | None
     markers: tuple[str, ...]
     options: dict[str, Any]
+    metric_direction: str = "higher"
+    export_tolerance: dict[str, float] = field(default_factory=dict)
+    calibrate_on_eval: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,7 +122,7 @@ def load_matrix(path: Path, profile: str | None = None) -> Matrix:
 
     :param path: the TOML file.
     :param profile: a ``[profiles.NAME]`` to restrict the cases to; ``None`` for the ``default``
-        profile if the file has one, else every case.
+        profile if the file has one, else every case; :data:`ALL_PROFILES` for every case.
     """
     path = Path(path)
     try:
@@ -141,6 +151,21 @@ def _model_spec(name: str, table: Any, path: Path) -> ModelSpec:
     for key in ("factory", "data"):
         if not isinstance(table.get(key), str) or ":" not in table[key]:
             raise MatrixError(f'{path}: [models.{name}] needs {key} = "package.module:function"')
+    direction = table.get("metric_direction", "higher")
+    if direction not in METRIC_DIRECTIONS:
+        raise MatrixError(
+            f'{path}: [models.{name}] metric_direction = {direction!r}; use "higher" (accuracy, R²) '
+            'or "lower" (a loss or an error such as MSE)'
+        )
+    tolerance = _check_keys(
+        f"[models.{name}] export_tolerance", table.get("export_tolerance", {}), EXPORT_TOLERANCE_KEYS, path
+    )
+    if not all(isinstance(v, int | float) and v >= 0 for v in tolerance.values()):
+        raise MatrixError(
+            f"{path}: [models.{name}] export_tolerance needs atol and rtol >= 0, got {tolerance}"
+        )
+    if not isinstance(table.get("calibrate_on_eval", False), bool):
+        raise MatrixError(f"{path}: [models.{name}] calibrate_on_eval must be true or false")
     return ModelSpec(
         name=name,
         factory=table["factory"],
@@ -148,11 +173,16 @@ def _model_spec(name: str, table: Any, path: Path) -> ModelSpec:
         metric=table.get("metric"),
         markers=tuple(_list(f"[models.{name}] markers", table.get("markers", []), str, path)),
         options=dict(table.get("options", {})),
+        metric_direction=direction,
+        export_tolerance={k: float(v) for k, v in tolerance.items()},
+        calibrate_on_eval=table.get("calibrate_on_eval", False),
     )
 
 
 def _profile(raw: dict[str, Any], name: str | None, path: Path) -> dict[str, Any]:
     profiles = raw.get("profiles", {})
+    if name == ALL_PROFILES:
+        return {}
     if name is None:
         return _check_keys("[profiles.default]", profiles.get("default", {}), PROFILE_KEYS, path)
     if name not in profiles:

@@ -1,4 +1,7 @@
-"""Pareto plots: accuracy against p50 latency, one figure per model, written as PNG and SVG.
+"""Pareto plots: each model's metric against p50 latency, one figure per model, as PNG and SVG.
+
+The metric's axis keeps its natural orientation (larger values up) and says which way is better;
+for a lower-is-better metric (MSE) the frontier hangs from the top, the better cases below it.
 
 matplotlib is imported only here and only when a plot is drawn (the ``report`` extra), with the
 non-interactive Agg backend so that a CI runner without a display can draw.
@@ -12,8 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from perfgate.pareto import pareto_front
-from perfgate.report import accuracy_score, human_bytes
+from perfgate.report import Score, human_bytes, model_score
 from perfgate.results import CaseResult, ResultsDocument
 
 LOG_SPREAD = 8.0  # a log latency axis once the slowest case is this many times the fastest
@@ -41,32 +43,34 @@ class PlotPoint:
     frontier: bool = False
 
 
-def plot_points(cases: Sequence[CaseResult], runner: str, with_batch: bool) -> list[PlotPoint]:
+def plot_points(
+    cases: Sequence[CaseResult], runner: str, with_batch: bool, score: Score | None = None
+) -> list[PlotPoint]:
     """The timed, scored cases of one model on one runner, each marked on or off its frontier.
 
     :param with_batch: add the batch size to labels (the model ran at several).
+    :param score: what ``accuracy`` holds and which way is better; ``model_score(cases)`` if not given.
     """
-    usable = [
-        r for r in cases if r.latency is not None and accuracy_score(r) is not None and r.status != "error"
-    ]
-    front = pareto_front([(r.latency.p50_ms, accuracy_score(r)) for r in usable])  # type: ignore[union-attr,misc]
+    score = score or model_score(cases)
+    front = score.front(cases)
     return [
         PlotPoint(
             label=r.technique + (f" b{r.batch_size}" if with_batch else ""),  # the colour says the backend
             latency_ms=r.latency.p50_ms,  # type: ignore[union-attr]
-            accuracy=accuracy_score(r),  # type: ignore[arg-type]
+            accuracy=score.value(r),  # type: ignore[arg-type]
             size_bytes=r.artifact_bytes,
             backend=r.backend,
             runner=runner,
             passed=r.status == "passed" and not any(v.failed for v in r.verdicts),
-            frontier=on_front,
+            frontier=front[r.case_id],
         )
-        for r, on_front in zip(usable, front, strict=True)
+        for r in cases
+        if r.case_id in front
     ]
 
 
 def frontier_steps(points: Sequence[PlotPoint]) -> tuple[list[float], list[float]]:
-    """The frontier as a staircase: from each frontier point, its accuracy holds until the next is reached."""
+    """The frontier as a staircase: from each frontier point, its score holds until the next is reached."""
     front = sorted((p.latency_ms, p.accuracy) for p in points if p.frontier)
     return [x for x, _ in front], [y for _, y in front]
 
@@ -212,14 +216,26 @@ def _place_one(
     return text, best[0]
 
 
-def _axis_label(cases: Sequence[CaseResult]) -> str:
-    """What the accuracy axis shows: the task metric where every case has one, else agreement."""
-    names = {
-        r.accuracy.get("metric_name") for r in cases if r.accuracy and r.accuracy.get("metric") is not None
-    }
-    if len(names) == 1 and None not in names:
-        return f"{names.pop()} accuracy (fraction of the eval set)"
-    return "top-1 agreement with the FP32 reference (fraction)"
+def axis_label(score: Score) -> str:
+    """The score axis's label: the metric, and an arrow to the better side with the direction named.
+
+    The label is drawn turned a quarter anticlockwise, reading upwards, so ``→`` points up the axis
+    and ``←`` down it: ``mse  ←  lower is better`` shows an arrow pointing down.
+    """
+    if not score.task_metric:
+        what = "top-1 agreement with the FP32 reference (fraction)"
+    elif score.name == "top1":
+        what = "top1 accuracy (fraction of the eval set)"
+    else:
+        what = score.name
+    arrow = "→" if score.higher_is_better else "←"
+    return f"{what}  {arrow}  {score.direction} is better"
+
+
+def plot_title(model: str, score: Score, runners: Sequence[str]) -> str:
+    """``<model>: <metric> vs p50 latency  —  runner <names>``."""
+    plural = "s" if len(runners) > 1 else ""
+    return f"{model}: {score.header} vs p50 latency  —  runner{plural} {', '.join(runners)}"
 
 
 def draw_model(model: str, runners: dict[str, list[CaseResult]], colours: dict[str, Any]) -> Any | None:
@@ -234,7 +250,8 @@ def draw_model(model: str, runners: dict[str, list[CaseResult]], colours: dict[s
     import matplotlib.pyplot as plt
 
     batches = {r.batch_size for cases in runners.values() for r in cases}
-    by_runner = {name: plot_points(cases, name, len(batches) > 1) for name, cases in runners.items()}
+    score = model_score([r for cases in runners.values() for r in cases])  # one axis for every runner
+    by_runner = {name: plot_points(cases, name, len(batches) > 1, score) for name, cases in runners.items()}
     points = [p for pts in by_runner.values() for p in pts]
     if not points:
         return None
@@ -261,9 +278,10 @@ def draw_model(model: str, runners: dict[str, list[CaseResult]], colours: dict[s
                 alpha=0.85,
                 zorder=3,
             )
-    _frame(ax, points, model, runners)
+    _frame(ax, points, model, runners, score)
     for index, (name, pts) in enumerate(by_runner.items()):
-        _draw_frontier(ax, pts, name if len(by_runner) > 1 else None, ("-", "--", ":", "-.")[index % 4])
+        style = ("-", "--", ":", "-.")[index % 4]
+        _draw_frontier(ax, pts, name if len(by_runner) > 1 else None, style, score.higher_is_better)
     _legends(ax, by_runner, colours, largest)
     fig.canvas.draw()
     labels, clean = place_labels(ax, points, areas)
@@ -276,18 +294,34 @@ def draw_model(model: str, runners: dict[str, list[CaseResult]], colours: dict[s
     return fig
 
 
-def _draw_frontier(ax: Any, points: Sequence[PlotPoint], runner: str | None, style: str) -> None:
-    """The frontier as the edge of what is attainable: up at the fastest case, then a staircase
-    to the right edge, with the frontier's own points ringed so that even a one-point frontier shows.
+def frontier_path(points: Sequence[PlotPoint], right: float, worst: float) -> tuple[list[float], list[float]]:
+    """The frontier's staircase (``step(where="post")``): from the worst edge of the score axis
+    at the fastest frontier case, to each next frontier score as latency grows, on to ``right``.
+
+    :param worst: the bottom of the axis for a higher-is-better score, its top for a lower-is-better one.
     """
     xs, ys = frontier_steps(points)
     if not xs:
+        return [], []
+    return [xs[0], *xs, right], [worst, *ys, ys[-1]]
+
+
+def _draw_frontier(
+    ax: Any, points: Sequence[PlotPoint], runner: str | None, style: str, higher_is_better: bool = True
+) -> None:
+    """The frontier as the edge of what is attainable: from the worse edge at the fastest case,
+    then a staircase to the right edge, towards better scores; the frontier's own points are
+    ringed so that even a one-point frontier shows.
+    """
+    (_, right), (bottom, top) = ax.get_xlim(), ax.get_ylim()
+    path_x, path_y = frontier_path(points, right, bottom if higher_is_better else top)
+    if not path_x:
         return
-    (_, right), (bottom, _) = ax.get_xlim(), ax.get_ylim()
+    xs, ys = frontier_steps(points)
     label = "Pareto frontier" + (f" ({runner})" if runner else "")
     ax.step(
-        [xs[0], *xs, right],
-        [bottom, *ys, ys[-1]],
+        path_x,
+        path_y,
         where="post",
         color="0.25",
         lw=1.2,
@@ -298,7 +332,9 @@ def _draw_frontier(ax: Any, points: Sequence[PlotPoint], runner: str | None, sty
     ax.scatter(xs, ys, s=12, marker="*", color="0.1", zorder=4)
 
 
-def _frame(ax: Any, points: Sequence[PlotPoint], model: str, runners: dict[str, list[CaseResult]]) -> None:
+def _frame(
+    ax: Any, points: Sequence[PlotPoint], model: str, runners: dict[str, list[CaseResult]], score: Score
+) -> None:
     """Limits with room for labels, axis labels with units, grid and title."""
     xs = [p.latency_ms for p in points]
     ys = [p.accuracy for p in points]
@@ -311,14 +347,10 @@ def _frame(ax: Any, points: Sequence[PlotPoint], model: str, runners: dict[str, 
     ax.set_ylim(min(ys) - spread * 0.4, max(ys) + spread * 0.4)
     scale = " (log scale)" if ax.get_xscale() == "log" else ""
     ax.set_xlabel(f"p50 latency per call (ms){scale}  ←  faster")
-    all_cases = [r for cases in runners.values() for r in cases]
-    ax.set_ylabel(_axis_label(all_cases) + "  →  better")
+    ax.set_ylabel(axis_label(score))
     ax.grid(True, which="major", color="0.9", lw=0.8)
     ax.set_axisbelow(True)
-    names = ", ".join(runners)
-    ax.set_title(
-        f"{model}: accuracy vs p50 latency  —  runner{'s' if len(runners) > 1 else ''} {names}", fontsize=11
-    )
+    ax.set_title(plot_title(model, score, list(runners)), fontsize=11)
 
 
 def _legends(ax: Any, by_runner: dict[str, list[PlotPoint]], colours: dict[str, Any], largest: int) -> None:

@@ -22,7 +22,7 @@ from perfgate.baselines import (
 )
 from perfgate.cache import ArtifactCache
 from perfgate.drift import Drift, baseline_drift
-from perfgate.matrix import MatrixError, load_matrix
+from perfgate.matrix import ALL_PROFILES, MatrixError, load_matrix
 from perfgate.report import regression_lines, terminal_lines, write_report
 from perfgate.results import CaseResult
 from perfgate.session import PerfgateSession
@@ -31,6 +31,7 @@ from perfgate.techniques import FAMILIES
 SESSION = pytest.StashKey["PerfgateSession | None"]()
 COLLECTED = pytest.StashKey[list[CaseResult]]()
 RUNNER = pytest.StashKey[str]()
+COMPARE = pytest.StashKey[bool]()  # --benchmark-compare was given: perfgate's gate is on
 CALL_OUTCOME = pytest.StashKey[tuple[str, str | None]]()
 RESULT_PROPERTY = "perfgate_result"
 
@@ -122,6 +123,10 @@ def _baseline_root(config: pytest.Config) -> Path:
     return _rooted(config, config.getoption("perf_baselines") or config.getini("perf_baselines"))
 
 
+def _matrix_path(config: pytest.Config) -> Path:
+    return _rooted(config, config.getoption("perf_matrix") or config.getini("perf_matrix"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
@@ -129,25 +134,56 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION] = None
     config.pluginmanager.register(ResultCollector(config), "perfgate-results")
     runner = config.stash[RUNNER] = _runner_id(config)
-    baseline_file = baseline_path(_baseline_root(config), runner)
-    if config.getoption("benchmark_storage", None) == "file://./.benchmarks":
-        # pytest-benchmark (configured after us) then compares with this runner's baselines.
-        config.option.benchmark_storage = "file://" + str(baseline_file.parent)
-    if config.getoption("perf_refresh_changed"):
-        if not config.getoption("benchmark_compare", None):
-            raise pytest.UsageError("--perf-refresh-changed needs --benchmark-compare: it refreshes what the gate judged")  # fmt: skip
-        config.option.perf_refresh_baselines = True
-    if config.getoption("benchmark_compare", None) or config.getoption("perf_refresh_baselines"):
+    config.stash[COMPARE] = bool(config.getoption("benchmark_compare", None))
+    if not _matrix_path(config).is_file():
+        return  # not a perfgate run: pytest-benchmark and every other option behave as without us
+    _check_options(config)
+    if config.stash[COMPARE] and not config.getoption("benchmark_compare_fail", None):
+        # perfgate's gate reads its own baseline; pytest-benchmark would compare with its own
+        # saved runs (a rolling baseline, or none: "Can't compare") beside it, so it is left out.
+        config.option.benchmark_compare = None
+    if config.stash[COMPARE] or config.getoption("perf_refresh_baselines"):
         try:
-            read_baseline(baseline_file)
+            read_baseline(baseline_path(_baseline_root(config), runner))
         except BaselineError as exc:
             raise pytest.UsageError(str(exc)) from None
-    if config.getoption("perf_refresh_baselines") and (
-        config.getoption("benchmark_disable", False) or config.getoption("numprocesses", None)
-    ):
+
+
+def _check_options(config: pytest.Config) -> None:
+    """Refuse the option combinations under which a verdict or a refresh would mean nothing."""
+    if config.getoption("perf_refresh_changed"):
+        if not config.stash[COMPARE]:
+            raise pytest.UsageError("--perf-refresh-changed needs --benchmark-compare: it refreshes what the gate judged")  # fmt: skip
+        config.option.perf_refresh_baselines = True
+    untimed = _timing_disabled(config)
+    if untimed and config.stash[COMPARE]:
         raise pytest.UsageError(
-            "--perf-refresh-baselines needs timings: drop --benchmark-disable and -n (pytest-xdist disables timing)"
+            f"--benchmark-compare needs timings, and {untimed} disables them: the gate would judge nothing "
+            "and every case would pass. Drop it, or drop --benchmark-compare for an accuracy-only run"
         )
+    if untimed and config.getoption("perf_refresh_baselines"):
+        raise pytest.UsageError(
+            f"--perf-refresh-baselines needs timings, and {untimed} disables them: drop it"
+        )
+    storage = str(config.getoption("benchmark_storage", "") or "")
+    root = _baseline_root(config).resolve()
+    folder = Path(storage.removeprefix("file://")).expanduser()
+    if storage.startswith("file://") and (root == (resolved := (config.invocation_params.dir / folder).resolve()) or root in resolved.parents):  # fmt: skip
+        raise pytest.UsageError(
+            f"--benchmark-storage {storage} points into perfgate's baselines folder {root}: pytest-benchmark "
+            "would save its runs beside the baselines. Keep its storage elsewhere (the default .benchmarks)"
+        )
+
+
+def _timing_disabled(config: pytest.Config) -> str | None:
+    """The option that turns timing off in this run (xdist or --benchmark-disable), or ``None``."""
+    if config.getoption("numprocesses", None):
+        return "-n (pytest-xdist)"
+    if config.getoption("benchmark_disable", False):
+        return "--benchmark-disable"
+    if config.getoption("benchmark_skip", False):
+        return "--benchmark-skip"
+    return None
 
 
 def perfgate_session(config: pytest.Config) -> PerfgateSession:
@@ -159,7 +195,7 @@ def perfgate_session(config: pytest.Config) -> PerfgateSession:
         from perfgate.techniques import TECHNIQUES
 
         config.hook.pytest_perfgate_register(backends=BACKENDS, techniques=TECHNIQUES, metrics=METRICS)
-        matrix_path = _rooted(config, config.getoption("perf_matrix") or config.getini("perf_matrix"))
+        matrix_path = _matrix_path(config)
         profile = config.getoption("perf_profile") or os.environ.get("PERFGATE_PROFILE")
         try:
             matrix = load_matrix(matrix_path, profile)
@@ -232,7 +268,7 @@ def perf_case(request: pytest.FixtureRequest) -> Iterator[Any]:
         request.param,
         session,
         request.node.nodeid,
-        compared_mapping=_compared_mapping(config),
+        compare=config.stash[COMPARE],
         require_baseline=config.getoption("perf_require_baseline"),
     )
     try:
@@ -250,14 +286,6 @@ def _record(request: pytest.FixtureRequest, run: Any) -> None:
     if outcome == "error":
         run.result.status, run.result.error = "error", error
     request.node.user_properties.append((RESULT_PROPERTY, json.dumps(run.result.to_dict())))
-
-
-def _compared_mapping(config: pytest.Config) -> dict[Any, Any] | None:
-    """What pytest-benchmark loaded for ``--benchmark-compare``; ``None`` when not comparing."""
-    bench = getattr(config, "_benchmarksession", None)
-    if bench is None or not bench.compare:
-        return None
-    return bench.compared_mapping or {}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -348,20 +376,22 @@ def _drift(config: pytest.Config, results: list[CaseResult]) -> list[Drift] | No
     compared = [(r.case_id, r.settings) for r in results if r.verdict("regression") is not None]
     if not compared:
         return None
-    document = cached_baseline(baseline_path(_baseline_root(config), config.stash[RUNNER]))
-    if document is None:
+    baseline = cached_baseline(baseline_path(_baseline_root(config), config.stash[RUNNER]))
+    if baseline is None:
         return None
-    return baseline_drift(document, hw.detect().to_dict(), compared)
+    return baseline_drift(baseline.document, hw.detect().to_dict(), compared)
 
 
 def _refresh(config: pytest.Config, results: list[CaseResult]) -> None:
     runner = config.stash[RUNNER]
     path = baseline_path(_baseline_root(config), runner)
     prune = None
-    session = config.stash[SESSION]
-    if config.getoption("perf_prune_baselines") and session is not None:
+    if config.getoption("perf_prune_baselines"):
         existing = read_baseline(path) or {"perfgate": {"cases": {}}}
-        prune = set(existing["perfgate"]["cases"]) - {c.id for c in session.matrix.cases}
+        # The whole matrix, whatever profile this run selected: a case outside the profile is
+        # still in the matrix, and its baseline stays.
+        every_case = {c.id for c in load_matrix(_matrix_path(config), ALL_PROFILES).cases}
+        prune = set(existing["perfgate"]["cases"]) - every_case
     bench = getattr(config, "_benchmarksession", None)
     machine_info = {**(bench.get_machine_info() if bench else {}), "perfgate": hw.detect().to_dict()}
     commit_info = bench.config.hook.pytest_benchmark_generate_commit_info(config=config) if bench else {}

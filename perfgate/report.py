@@ -8,10 +8,12 @@ import importlib.util
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from perfgate.cache import atomic_write_text
+from perfgate.gates import Verdict
 from perfgate.jsonio import write_json
 from perfgate.pareto import pareto_front
 from perfgate.results import RESULTS_SCHEMA_VERSION, CaseResult, ResultsDocument
@@ -34,68 +36,181 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _score_fmt(value: float | None, signed: bool = False) -> str:
+    """A score or its delta: four decimals, or three significant digits where those would hide it."""
+    if value is None:
+        return "-"
+    sign = "+" if signed else ""
+    return format(value, f"{sign}.4f" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{sign}.3e")
+
+
+def metric_direction(accuracy: dict[str, Any]) -> str:
+    """``"higher"`` or ``"lower"``: which way the task metric is better (results without it: higher)."""
+    return "lower" if accuracy.get("metric_direction") == "lower" else "higher"
+
+
+@dataclass(frozen=True)
+class Score:
+    """What a model's cases are ranked on: its task metric, or top-1 agreement where it has none.
+
+    :param name: the metric's name (``top1``, ``mse``, ...), or ``top-1 agreement``.
+    :param higher_is_better: the direction; a lower-is-better metric (MSE) ranks the smaller first.
+    :param task_metric: ``False`` for the fallback, top-1 agreement with the FP32 reference.
+    """
+
+    name: str
+    higher_is_better: bool = True
+    task_metric: bool = True
+
+    @property
+    def direction(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
+
+    @property
+    def header(self) -> str:
+        """The table column of the score; its delta column is this with a Δ in front."""
+        return self.name if self.task_metric else "agreement"
+
+    def describe(self) -> str:
+        """``mse (lower is better)``: the line above a model's table."""
+        what = self.name if self.task_metric else "top-1 agreement with the FP32 reference"
+        return f"{what} ({self.direction} is better)"
+
+    def value(self, result: CaseResult) -> float | None:
+        if not result.accuracy:
+            return None
+        if self.task_metric:
+            metric = result.accuracy.get("metric")
+            return None if metric is None else float(metric)
+        return float(result.accuracy["fidelity"]["top1_agreement"])
+
+    def delta(self, result: CaseResult) -> float | None:
+        """The case's metric minus the FP32 reference's (none for agreement, the reference's is 1)."""
+        if not self.task_metric or not result.accuracy:
+            return None
+        return result.accuracy.get("metric_delta")
+
+    def rank(self, value: float) -> float:
+        """The value turned so that larger is better, for ``max`` and sorting."""
+        return value if self.higher_is_better else -value
+
+    def front(self, cases: Sequence[CaseResult]) -> dict[str, bool]:
+        """case id -> on the Pareto frontier, for the timed and scored cases that did not crash."""
+        usable = [r for r in cases if r.latency and self.value(r) is not None and r.status != "error"]
+        points = [(r.latency.p50_ms, self.value(r)) for r in usable]  # type: ignore[union-attr]
+        flags = pareto_front(points, higher_is_better=self.higher_is_better)  # type: ignore[arg-type]
+        return dict(zip([r.case_id for r in usable], flags, strict=True))
+
+
+AGREEMENT = Score("top-1 agreement", higher_is_better=True, task_metric=False)
+
+
+def model_score(cases: Sequence[CaseResult]) -> Score:
+    """The score of one model's cases: its task metric when every scored case has the same one
+    (name and direction), else top-1 agreement for all, so that one table never mixes two scales."""
+    kinds = {
+        (r.accuracy.get("metric_name") or "metric", metric_direction(r.accuracy))
+        if r.accuracy.get("metric") is not None
+        else None
+        for r in cases
+        if r.accuracy
+    }
+    if len(kinds) == 1 and (kind := kinds.pop()) is not None:
+        return Score(kind[0], higher_is_better=kind[1] == "higher")
+    return AGREEMENT
+
+
 def accuracy_score(result: CaseResult) -> float | None:
-    """The task metric if the model has one, else top-1 agreement with the reference."""
-    if not result.accuracy:
-        return None
-    if result.accuracy.get("metric") is not None:
-        return float(result.accuracy["metric"])
-    return float(result.accuracy["fidelity"]["top1_agreement"])
+    """The task metric if the model has one, else top-1 agreement with the reference.
+
+    For one case alone; a model's table and plot use ``model_score`` of all its cases.
+    """
+    return model_score([result]).value(result)
+
+
+def is_incomparable(verdict: Verdict | None) -> bool:
+    """A regression verdict that could not compare: the baseline is from other hardware or another
+    major library version. Not judged, unless ``--perf-require-baseline`` made it a failure."""
+    if verdict is None or verdict.gate != "regression":
+        return False
+    return verdict.status == "incomparable" or (verdict.failed and "incomparable" in verdict.message.lower())
+
+
+def incomparable_reasons(verdict: Verdict) -> str:
+    """Why a baseline could not be compared, one reason after another."""
+    reasons = verdict.values.get("reasons") or []
+    return "; ".join(str(r) for r in reasons) or verdict.message
+
+
+EFFECT_FLAGGED = ("fail", "allowed")  # technique_effect statuses marked with "!" in the tables
+EFFECT_NOTE = "! the technique changed nothing or the artifact is not smaller than FP32: see the verdict"
+
+
+def _effect_why(verdict: Verdict) -> str:
+    problems = verdict.values.get("problems") or []
+    why = "; ".join(str(p) for p in problems) or verdict.message
+    return f"{verdict.status}: {why}"
 
 
 def verdict_word(result: CaseResult) -> str:
     if result.status == "error":
         return "ERROR"
-    failed = [v.gate for v in result.verdicts if v.failed]
+    failed = ["incomparable" if is_incomparable(v) else v.gate for v in result.verdicts if v.failed]
     if failed:
         return "FAIL " + ",".join(failed)
     regression = result.verdict("regression")
     return regression.status if regression else "ok"
 
 
-def model_rows(results: Sequence[CaseResult]) -> dict[str, list[dict[str, Any]]]:
-    """One row per case, grouped by model, with speedup and Pareto mark computed in the group."""
+def _grouped(results: Sequence[CaseResult]) -> dict[str, list[CaseResult]]:
+    """model -> its cases, models sorted, cases by batch size, technique and backend."""
     by_model: dict[str, list[CaseResult]] = defaultdict(list)
     for result in results:
         by_model[result.model].append(result)
-    tables = {}
-    for model, group in sorted(by_model.items()):
+    for group in by_model.values():
         group.sort(key=lambda r: (r.batch_size, r.technique, r.backend))
-        reference = {
-            r.batch_size: r.latency.p50_ms
-            for r in group
-            if (r.technique, r.backend) == REFERENCE and r.latency
-        }
-        timed = [r for r in group if r.latency and accuracy_score(r) is not None and r.status != "error"]
-        front = dict(
-            zip(
-                [r.case_id for r in timed],
-                pareto_front([(r.latency.p50_ms, accuracy_score(r)) for r in timed]),  # type: ignore[union-attr,misc]
-                strict=True,
-            )
+    return {model: by_model[model] for model in sorted(by_model)}
+
+
+def model_rows(results: Sequence[CaseResult]) -> dict[str, list[dict[str, Any]]]:
+    """One row per case, grouped by model, with speedup and Pareto mark computed in the group.
+
+    The score of a model is ``model_score`` of its cases; the frontier follows its direction.
+    """
+    return {model: _rows(group, model_score(group)) for model, group in _grouped(results).items()}
+
+
+def _rows(group: Sequence[CaseResult], score: Score) -> list[dict[str, Any]]:
+    reference = {
+        r.batch_size: r.latency.p50_ms for r in group if (r.technique, r.backend) == REFERENCE and r.latency
+    }
+    front = score.front(group)
+    rows = []
+    for r in group:
+        ref = reference.get(r.batch_size)
+        effect = r.verdict("technique_effect")
+        rows.append(
+            {
+                "case": r.case_id,
+                "p50_ms": r.latency.p50_ms if r.latency else None,
+                "p99_ms": r.latency.p99_ms if r.latency else None,
+                "p99_low_confidence": bool(r.latency and "p99" in r.latency.low_confidence),
+                "throughput_per_s": r.latency.throughput_per_s if r.latency else None,
+                "accuracy": score.value(r),
+                "accuracy_delta": score.delta(r),
+                "size_bytes": r.artifact_bytes,
+                "speedup": ref / r.latency.p50_ms if ref and r.latency else None,
+                "pareto": front.get(r.case_id, False),
+                "verdict": verdict_word(r),
+                "effect": _effect_why(effect) if effect and effect.status in EFFECT_FLAGGED else None,
+            }
         )
-        rows = []
-        for r in group:
-            ref = reference.get(r.batch_size)
-            score = accuracy_score(r)
-            delta = r.accuracy.get("metric_delta") if r.accuracy else None
-            rows.append(
-                {
-                    "case": r.case_id,
-                    "p50_ms": r.latency.p50_ms if r.latency else None,
-                    "p99_ms": r.latency.p99_ms if r.latency else None,
-                    "p99_low_confidence": bool(r.latency and "p99" in r.latency.low_confidence),
-                    "throughput_per_s": r.latency.throughput_per_s if r.latency else None,
-                    "accuracy": score,
-                    "accuracy_delta": delta,
-                    "size_bytes": r.artifact_bytes,
-                    "speedup": ref / r.latency.p50_ms if ref and r.latency else None,
-                    "pareto": front.get(r.case_id, False),
-                    "verdict": verdict_word(r),
-                }
-            )
-        tables[model] = rows
-    return tables
+    return rows
+
+
+def columns(score: Score) -> tuple[str, ...]:
+    """The table's columns, the score's two named after it (``mse``, ``Δmse``)."""
+    return (*COLUMNS[:4], score.header, f"Δ{score.header}", *COLUMNS[6:])
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
@@ -105,9 +220,9 @@ def _cells(row: dict[str, Any]) -> list[str]:
         _fmt(row["p50_ms"], ".4f"),
         p99,
         _fmt(row["throughput_per_s"], ".0f"),
-        _fmt(row["accuracy"], ".4f"),
-        _fmt(row["accuracy_delta"], "+.4f"),
-        human_bytes(row["size_bytes"]),
+        _score_fmt(row["accuracy"]),
+        _score_fmt(row["accuracy_delta"], signed=True),
+        human_bytes(row["size_bytes"]) + (" !" if row.get("effect") else ""),
         "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
         "*" if row["pareto"] else "",
         row["verdict"],
@@ -127,21 +242,53 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> lis
     return out
 
 
+def _effect_notes(rows: Sequence[dict[str, Any]], indent: str = "  ") -> list[str]:
+    """Under a table with flagged sizes: what ``!`` means, then each flagged case and why."""
+    flagged = [r for r in rows if r.get("effect")]
+    if not flagged:
+        return []
+    return [EFFECT_NOTE, *(f"{indent}{r['case']}: {r['effect']}" for r in flagged)]
+
+
 def terminal_lines(results: Sequence[CaseResult]) -> list[str]:
-    """One table per model: technique x backend with latency, accuracy, size and speedup."""
+    """One table per model: technique x backend with latency, the model's metric, size and speedup."""
     lines: list[str] = []
-    for model, rows in model_rows(results).items():
-        lines += ["", f"model {model}", *text_table(COLUMNS, (_cells(r) for r in rows))]
-    if any(r["p99_low_confidence"] for rows in model_rows(results).values() for r in rows):
+    low_confidence = False
+    for model, group in _grouped(results).items():
+        score = model_score(group)
+        rows = _rows(group, score)
+        low_confidence = low_confidence or any(r["p99_low_confidence"] for r in rows)
+        lines += [
+            "",
+            f"model {model}  metric: {score.describe()}",
+            *text_table(columns(score), (_cells(r) for r in rows)),
+            *_effect_notes(rows),
+        ]
+    if low_confidence:
         lines.append("~ p99 from too few samples to be trusted (fewer than 10 beyond it)")
     lines.append(
-        "speedup: p50 of fp32 on torch_cpu at the same batch size / p50 of the case; * Pareto-optimal"
+        "speedup: p50 of fp32 on torch_cpu at the same batch size / p50 of the case; * Pareto-optimal; "
+        "Δ: the case's metric - the FP32 reference's"
     )
     return lines
 
 
+def _comparison_order(verdict: Verdict) -> int:
+    """Regressions, then failures for incomparability, improvements, incomparable, new, passes."""
+    if is_incomparable(verdict):
+        return 1 if verdict.failed else 3
+    return {"fail": 0, "improved": 2, "new": 4, "pass": 5}.get(verdict.status, 9)
+
+
+def _comparison_status(verdict: Verdict) -> str:
+    return "fail (incomparable)" if verdict.failed and is_incomparable(verdict) else verdict.status
+
+
 def regression_lines(results: Sequence[CaseResult], drift: Sequence[dict[str, str]] = ()) -> list[str]:
     """Every compared case, failures first (baseline p50, current p50, ratio, CI, verdict), then drift.
+
+    Incomparable cases (a baseline from other hardware or another major library version) sort
+    after regressions and improvements, and their reasons are listed under the table.
 
     :param results: this run's cases; those without a regression verdict are left out.
     :param drift: environment drift since the baseline, as ``{"what", "baseline", "current"}``.
@@ -149,8 +296,7 @@ def regression_lines(results: Sequence[CaseResult], drift: Sequence[dict[str, st
     compared = [(r, r.verdict("regression")) for r in results if r.verdict("regression")]
     if not compared:
         return []
-    order = {"fail": 0, "improved": 1, "new": 2, "pass": 3}
-    compared.sort(key=lambda rv: (order.get(rv[1].status, 9), rv[0].case_id))  # type: ignore[union-attr]
+    compared.sort(key=lambda rv: (_comparison_order(rv[1]), rv[0].case_id))  # type: ignore[arg-type]
     rows = []
     for result, verdict in compared:
         v = verdict.values  # type: ignore[union-attr]
@@ -163,7 +309,7 @@ def regression_lines(results: Sequence[CaseResult], drift: Sequence[dict[str, st
                 _fmt(v.get("ratio"), ".3f"),
                 f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
                 _fmt(v.get("reference_factor"), ".3f"),
-                verdict.status,  # type: ignore[union-attr]
+                _comparison_status(verdict),  # type: ignore[arg-type]
             ]
         )
     headers = ("case", "base p50 ms", "now p50 ms", "ratio", "95% CI", "machine", "verdict")
@@ -171,6 +317,11 @@ def regression_lines(results: Sequence[CaseResult], drift: Sequence[dict[str, st
     lines.append(
         "ratio: p50 now / p50 baseline, divided by the machine factor (reference workload now / then)"
     )
+    lines += [
+        f"incomparable: {result.case_id}: {incomparable_reasons(verdict)}"  # type: ignore[arg-type]
+        for result, verdict in compared
+        if is_incomparable(verdict)
+    ]
     return lines + _drift_text(drift)
 
 
@@ -211,17 +362,26 @@ def _md(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _failure_rank(verdict: Verdict) -> tuple[int, str]:
+    """Where a failed gate sorts among the failures, and the name it is shown under."""
+    if is_incomparable(verdict):
+        return 3, "regression (incomparable)"  # failed under --perf-require-baseline; not a slowdown
+    return {"regression": 0, "technique_effect": 2}.get(verdict.gate, 1), verdict.gate
+
+
 def failure_rows(documents: Sequence[ResultsDocument]) -> list[list[str]]:
-    """Regressions first, then accuracy failures, then errors: one row per failed gate or error."""
-    rank = {"regression": 0, "error": 2}
+    """One row per failed gate or error: regressions first, then accuracy failures (task metric,
+    fidelity, baseline accuracy), techniques that changed nothing, baselines that could not be
+    compared (under ``--perf-require-baseline``), then errors."""
     rows = []
     for doc in documents:
         for r in doc.cases:
             for v in r.verdicts:
                 if v.failed:
-                    rows.append((rank.get(v.gate, 1), doc.runner, r.case_id, v.gate, v.message))
+                    rank, gate = _failure_rank(v)
+                    rows.append((rank, doc.runner, r.case_id, gate, v.message))
             if r.status == "error":
-                rows.append((2, doc.runner, r.case_id, "error", r.error or "the case did not run to its end"))
+                rows.append((4, doc.runner, r.case_id, "error", r.error or "the case did not run to its end"))
     return [[f"`{case}`", runner, gate, _md(message)] for _, runner, case, gate, message in sorted(rows)]
 
 
@@ -234,11 +394,17 @@ def _failures_section(documents: Sequence[ResultsDocument]) -> list[str]:
 
 
 def comparison_rows(results: Sequence[CaseResult]) -> list[list[str]]:
-    """Markdown rows of every case judged against the baseline, failures first."""
-    order = {"fail": 0, "improved": 1, "new": 2, "pass": 3}
+    """Markdown rows of every case judged against the baseline, failures first.
+
+    New and incomparable cases are left out: they were not judged (see ``incomparable_rows``).
+    """
     compared = sorted(
-        ((r, v) for r in results if (v := r.verdict("regression")) is not None and v.status != "new"),
-        key=lambda rv: (order.get(rv[1].status, 9), rv[0].case_id),
+        (
+            (r, v)
+            for r in results
+            if (v := r.verdict("regression")) is not None and v.status != "new" and not is_incomparable(v)
+        ),
+        key=lambda rv: (_comparison_order(rv[1]), rv[0].case_id),
     )
     rows = []
     for result, verdict in compared:
@@ -257,7 +423,19 @@ def comparison_rows(results: Sequence[CaseResult]) -> list[list[str]]:
     return rows
 
 
+def incomparable_rows(results: Sequence[CaseResult]) -> list[list[str]]:
+    """Markdown rows of the cases whose baseline could not be compared, and why."""
+    rows = []
+    for result in sorted(results, key=lambda r: r.case_id):
+        verdict = result.verdict("regression")
+        if verdict is not None and is_incomparable(verdict):
+            status = "**fail** (--perf-require-baseline)" if verdict.failed else "not judged"
+            rows.append([f"`{result.case_id}`", _md(incomparable_reasons(verdict)), status])
+    return rows
+
+
 COMPARISON_COLUMNS = ("case", "base p50 ms", "now p50 ms", "ratio", "95% CI", "machine factor", "verdict")
+INCOMPARABLE_COLUMNS = ("case", "why the baseline cannot be compared", "verdict")
 
 
 def _comparison_section(documents: Sequence[ResultsDocument]) -> list[str]:
@@ -266,7 +444,8 @@ def _comparison_section(documents: Sequence[ResultsDocument]) -> list[str]:
     for doc in documents:
         rows = comparison_rows(doc.cases)
         new = [r.case_id for r in doc.cases if (v := r.verdict("regression")) and v.status == "new"]
-        if rows or new:
+        apart = incomparable_rows(doc.cases)
+        if rows or new or apart:
             lines += [f"## Baseline comparison: runner `{doc.runner}`", ""]
         if new:
             # Folded, not a row each: a new runner or a grown matrix would bury the verdicts.
@@ -274,6 +453,14 @@ def _comparison_section(documents: Sequence[ResultsDocument]) -> list[str]:
             lines += [f"<details><summary>{summary}</summary>", "", ", ".join(new), "", "</details>", ""]
         if rows:
             lines += [*markdown_table(COMPARISON_COLUMNS, rows), "", RATIO_NOTE, ""]
+        if apart:
+            lines += [
+                f"{len(apart)} incomparable: the baseline was taken on other hardware or with another "
+                "major library version, so these were not compared (not regressions):",
+                "",
+                *markdown_table(INCOMPARABLE_COLUMNS, apart),
+                "",
+            ]
     return lines
 
 
@@ -282,12 +469,18 @@ RATIO_NOTE = "ratio: p50 now / p50 baseline, over the machine factor (reference 
 
 def _model_table(results: Sequence[CaseResult]) -> list[str]:
     lines: list[str] = []
-    for rows in model_rows(results).values():
+    for group in _grouped(results).values():
+        score = model_score(group)
+        rows = _rows(group, score)
         cells = [_cells(row) for row in rows]
         for cell in cells:
             cell[0] = f"`{cell[0]}`"
             cell[8] = "**yes**" if cell[8] else ""
-        lines += markdown_table(COLUMNS, cells)
+        lines += [f"metric: `{score.name}` ({score.direction} is better)", ""]
+        lines += markdown_table(columns(score), cells)
+        flagged = [r for r in rows if r["effect"]]
+        if flagged:
+            lines += ["", EFFECT_NOTE, "", *(f"- `{r['case']}`: {_md(r['effect'])}" for r in flagged)]
     return lines
 
 
@@ -327,12 +520,15 @@ def best_per_runner_rows(documents: Sequence[ResultsDocument]) -> list[list[str]
         for runner, cases in runners.items():
             timed = [r for r in cases if _passing_p50(r) is not None]
             fastest = min(timed, key=lambda r: (_passing_p50(r), r.case_id), default=None)
-            scored = [r for r in timed if accuracy_score(r) is not None]
-            best_acc = max(scored, key=lambda r: (accuracy_score(r), -_passing_p50(r)), default=None)  # type: ignore[operator]
-            by_id = {r.case_id: r for r in cases}
-            front = [
-                by_id[row["case"]] for row in next(iter(model_rows(cases).values()), []) if row["pareto"]
-            ]
+            score = model_score(cases)
+            scored = [r for r in timed if score.value(r) is not None]
+            best_acc = max(
+                scored,
+                key=lambda r: (score.rank(score.value(r)), -_passing_p50(r)),  # type: ignore[arg-type,operator]
+                default=None,
+            )
+            on_front = score.front(cases)
+            front = [r for r in _grouped(cases)[model] if on_front.get(r.case_id)]
             rows.append(
                 [
                     model,
@@ -340,7 +536,7 @@ def best_per_runner_rows(documents: Sequence[ResultsDocument]) -> list[list[str]
                     _threads(cases),
                     f"`{configuration(fastest)}`" if fastest else "-",
                     _fmt(_passing_p50(fastest), ".4f") if fastest else "-",
-                    f"`{configuration(best_acc)}` ({_fmt(accuracy_score(best_acc), '.4f')})"
+                    f"`{configuration(best_acc)}` ({score.header} {_score_fmt(score.value(best_acc))})"
                     if best_acc
                     else "-",
                     ", ".join(f"`{configuration(r)}`" for r in front) or "-",
@@ -378,7 +574,8 @@ def _model_sections(documents: Sequence[ResultsDocument], plots: dict[str, list[
         lines += [f"## {model}", ""]
         png = next((p for p in plots.get(model, []) if p.suffix == ".png"), None)
         if png is not None:
-            lines += [f"![accuracy against p50 latency, {model}]({png.name})", ""]
+            score = model_score([r for cases in runners.values() for r in cases])
+            lines += [f"![{score.header} against p50 latency, {model}]({png.name})", ""]
         if merged:
             lines += ["### p50 latency by runner", "", *_runner_pivot(runners), ""]
         for runner, cases in runners.items():
@@ -470,12 +667,15 @@ def _drift_section(documents: Sequence[ResultsDocument]) -> list[str]:
 
 
 def _summary_line(documents: Sequence[ResultsDocument]) -> str:
+    """Cases by status; those whose baseline could not be compared are counted apart as well."""
     cases = [r for doc in documents for r in doc.cases]
     counts = {s: sum(r.status == s for r in cases) for s in ("passed", "failed", "error")}
     generated = sorted({str(doc.meta.get("generated", "")) for doc in documents} - {""})
     tail = f"; generated {generated[-1]}" if generated else ""
     passed, failed, errors = counts["passed"], counts["failed"], counts["error"]
-    return f"{len(cases)} cases: {passed} passed, {failed} failed, {errors} errors{tail}."
+    incomparable = sum(is_incomparable(r.verdict("regression")) for r in cases)
+    apart = f"; {incomparable} incomparable with their baseline" if incomparable else ""
+    return f"{len(cases)} cases: {passed} passed, {failed} failed, {errors} errors{apart}{tail}."
 
 
 def report_markdown(
@@ -509,8 +709,9 @@ def report_markdown(
 
 BEST_COLUMNS = ("model", "runner", "threads", "fastest passing", "p50 ms", "most accurate", "Pareto frontier")
 LEGEND = (
-    "speedup is over fp32 on torch_cpu at the same batch size and runner; **yes** marks the Pareto frontier "
-    "(no other case of the model is both faster and more accurate); ~ marks a p99 from too few samples."
+    "speedup is over fp32 on torch_cpu at the same batch size and runner; Δ is the case's metric minus the "
+    "FP32 reference's; **yes** marks the Pareto frontier (no other case of the model is both faster and "
+    "better on its metric, in that metric's direction); ~ marks a p99 from too few samples."
 )
 
 

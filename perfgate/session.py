@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,8 @@ class PerfgateSession:
             raise ModelLoadError(
                 f"{where}: {spec.data} returned {type(data).__name__}, not perfgate.ModelData"
             )
+        if spec.calibrate_on_eval:
+            data = dataclasses.replace(data, calibrate_on_eval=True)
         ctx = ModelContext(spec.name, data, self.cache, spec.options, self.progress)
         try:
             module = import_object(spec.factory)(ctx)

@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+# In-process pytester runs drop every module a run imported when it ends; numpy's fft extension
+# (which scipy.stats imports for the gate's test) cannot be loaded twice in one process, so it is
+# imported once here, before any run, and stays.
+import scipy.stats  # noqa: F401
+
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 

@@ -83,3 +83,75 @@ finite = st.floats(min_value=-100, max_value=100, allow_nan=False)
 def test_identical_outputs_have_perfect_fidelity(reference: np.ndarray) -> None:
     fid = Fidelity.compare(reference, reference.copy())
     assert fid.max_abs_diff == 0 and fid.top1_agreement == 1.0 and fid.sqnr_db == math.inf
+
+
+@pytest.mark.parametrize(
+    ("reference", "output", "cosine"),
+    [
+        ([[3.0, 4.0]], [[0.0, 0.0]], 0.0),  # collapsed output: every value quantized to zero
+        ([[0.0, 0.0]], [[3.0, 4.0]], 0.0),  # zero reference, non-zero output
+        ([[0.0, 0.0]], [[0.0, 0.0]], 1.0),  # both zero: identical
+        ([[1.0, 0.0]], [[1.0, 1.0]], 1.0 / math.sqrt(2.0)),  # the usual cosine: 45 degrees
+        ([[1.0, 2.0]], [[-2.0, -4.0]], -1.0),  # opposite directions
+        ([[1e-200, 0.0]], [[0.0, 1e-200]], 0.0),  # orthogonal rows whose norms' product underflows
+        ([[1e-200, 1e-200]], [[3e-200, 3e-200]], 1.0),  # tiny but parallel
+    ],
+    ids=[
+        "output-zero",
+        "reference-zero",
+        "both-zero",
+        "45-degrees",
+        "opposite",
+        "tiny-orthogonal",
+        "tiny-parallel",
+    ],
+)
+def test_cosine_of_a_single_row(
+    reference: list[list[float]], output: list[list[float]], cosine: float
+) -> None:
+    """A row's cosine: 0.0 when exactly one side is all zero, 1.0 when both are, else the usual one."""
+    fid = Fidelity.compare(np.array(reference), np.array(output))
+    assert fid.cosine == pytest.approx(cosine, abs=1e-12)
+
+
+def test_collapsed_int8_output_row_fails_the_cosine_gate() -> None:
+    """An all-zero output row against a non-zero reference scores 0.0 and fails min_cosine 0.9."""
+    reference = np.array([[0.5, -1.0, 2.0], [1.0, 2.0, 2.0]], dtype=np.float32)
+    outputs = np.array([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    fid = Fidelity.compare(reference, outputs)
+    assert fid.cosine == pytest.approx(0.5)  # rows 1.0 and 0.0
+    assert Fidelity.compare(reference[1:], outputs[1:]).cosine == 0.0
+    verdict = FidelityGate(AccuracyPolicy(min_cosine=0.9)).compute(result(None, None, fid))
+    assert verdict.failed
+    assert "cosine 0.5 (needs >= 0.9)" in verdict.message
+
+
+def test_zero_rows_on_both_sides_agree_but_do_not_hide_a_collapsed_row() -> None:
+    """Both-zero rows count 1.0; next to a collapsed row (0.0) the mean is 0.5, not 1.0."""
+    reference = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]])
+    outputs = np.zeros((2, 3))
+    assert Fidelity.compare(reference, outputs).cosine == pytest.approx(0.5)
+    assert Fidelity.compare(reference[:1], outputs[:1]).cosine == 1.0
+
+
+# Magnitudes bounded away from 0, so that rows scaled by 1e-170 stay non-zero in float64.
+magnitudes = st.floats(min_value=1e-3, max_value=100)
+nonzero = st.one_of(magnitudes, magnitudes.map(lambda x: -x))
+
+
+@given(
+    arrays(np.float64, (6, 4), elements=nonzero),
+    arrays(np.float64, (6, 4), elements=nonzero),
+    st.sampled_from([1e-170, 1e-20, 1.0, 1e20]),
+)
+def test_cosine_ignores_the_scale_of_the_rows(
+    reference: np.ndarray, outputs: np.ndarray, scale: float
+) -> None:
+    """Cosine depends on direction only: rows scaled by 1e-170 (whose squared norms underflow to 0)
+    score what the unscaled rows score, 1 against themselves and -1 against their negation.
+    """
+    expected = Fidelity.compare(reference, outputs).cosine
+    assert -1.0 - 1e-12 <= expected <= 1.0 + 1e-12
+    assert Fidelity.compare(reference * scale, outputs * scale).cosine == pytest.approx(expected, abs=1e-12)
+    assert Fidelity.compare(reference * scale, reference * scale).cosine == pytest.approx(1.0)
+    assert Fidelity.compare(reference * scale, -reference * scale).cosine == pytest.approx(-1.0)

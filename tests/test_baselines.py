@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import tempfile
 import time
@@ -17,7 +16,7 @@ from perfgate.baselines import (
     REFERENCE_SETTING,
     BaselineError,
     baseline_reference_us,
-    baseline_samples,
+    load_baseline,
     read_baseline,
     refresh,
     thin,
@@ -46,13 +45,14 @@ def case_result(case_id: str, samples: list[float], settings: dict | None = None
     )
 
 
-def loaded_mapping(path: Path) -> dict:
-    """What pytest-benchmark's --benchmark-compare builds from the file."""
-    document = json.loads(path.read_text())
-    return {path: {b["fullname"]: b for b in document["benchmarks"]}}
+def stored_samples(path: Path, case_id: str) -> list[float]:
+    """The samples the gate reads for ``case_id``: perfgate's own reader, by case id."""
+    baseline = load_baseline(path)
+    assert baseline is not None
+    return baseline.cases[case_id].samples_s
 
 
-samples_strategy = st.lists(st.floats(1e-6, 1.0, allow_nan=False), min_size=1, max_size=300)
+samples_strategy = st.lists(st.floats(1e-6, 1.0, allow_nan=False), min_size=5, max_size=300)
 
 
 @settings(max_examples=30, deadline=None)
@@ -65,14 +65,13 @@ def test_round_trip_through_json(samples: list[float], threads: int, reference_u
             "m-fp32-torch_cpu-b1", samples, {"intra_op_threads": threads, REFERENCE_SETTING: reference_us}
         )
         (change,) = refresh(path, "r", [result], {"perfgate": {}}, {})
-        document = read_baseline(path)
-        assert document is not None
-        stored = baseline_samples(loaded_mapping(path), result.nodeid)
-        assert stored == pytest.approx(thin(samples), abs=1e-9)
-        assert document["perfgate"]["cases"][result.case_id]["settings"]["intra_op_threads"] == threads
-        assert baseline_reference_us(document, result.case_id) == pytest.approx(reference_us)
+        baseline = load_baseline(path)
+        assert baseline is not None
+        assert stored_samples(path, result.case_id) == pytest.approx(thin(samples), abs=1e-9)
+        assert baseline.cases[result.case_id].settings["intra_op_threads"] == threads
+        assert baseline_reference_us(baseline, result.case_id) == pytest.approx(reference_us)
         assert change.action == "added"
-        assert change.new_p50_ms == pytest.approx(float(np.median(samples)) * 1e3, rel=1e-6, abs=1e-6)
+        assert change.new_p50_ms == pytest.approx(float(np.median(thin(samples))) * 1e3, rel=1e-6, abs=1e-6)
 
 
 def test_refresh_replaces_only_the_given_cases(tmp_path: Path) -> None:
@@ -85,10 +84,7 @@ def test_refresh_replaces_only_the_given_cases(tmp_path: Path) -> None:
     assert [c.line() for c in changes] == [" replaced  a-fp32-x-b1  p50 1 ms -> 3 ms"]
     cases = read_baseline(path)["perfgate"]["cases"]  # type: ignore[index]
     assert sorted(cases) == ["a-fp32-x-b1", "b-fp32-x-b1"]
-    assert (
-        baseline_samples(loaded_mapping(path), "perf/test_inference.py::test_case[b-fp32-x-b1]")
-        == [0.002] * 5
-    )
+    assert stored_samples(path, "b-fp32-x-b1") == [0.002] * 5
 
 
 def test_refresh_prunes_and_keeps_out_failed_cases(tmp_path: Path) -> None:
@@ -113,11 +109,11 @@ def test_reference_of_another_kernel_is_not_used(tmp_path: Path) -> None:
     """A baseline whose reference workload had another name gives no reference (no normalization)."""
     path = tmp_path / "r" / "0001_baseline.json"
     refresh(path, "r", [case_result("a-fp32-x-b1", [0.001] * 5, {REFERENCE_SETTING: 16.0})], {}, {})
-    document = read_baseline(path)
-    assert document["perfgate"]["reference_workload"] == REFERENCE_NAME  # type: ignore[index]
-    assert baseline_reference_us(document, "a-fp32-x-b1") == 16.0
-    document["perfgate"]["reference_workload"] = "old-kernel-v0"  # type: ignore[index]
-    assert baseline_reference_us(document, "a-fp32-x-b1") is None
+    baseline = load_baseline(path)
+    assert baseline is not None and baseline.document["perfgate"]["reference_workload"] == REFERENCE_NAME
+    assert baseline_reference_us(baseline, "a-fp32-x-b1") == 16.0
+    baseline.document["perfgate"]["reference_workload"] = "old-kernel-v0"
+    assert baseline_reference_us(baseline, "a-fp32-x-b1") is None
 
 
 @pytest.mark.parametrize(

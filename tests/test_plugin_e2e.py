@@ -77,7 +77,7 @@ def test_an_accuracy_drop_fails_the_case_with_its_figures(perf_project: pytest.P
     result.stdout.fnmatch_lines(
         [
             "*tiny_mlp-noisy-torch_cpu-b1: accuracy gate failed*",
-            "*task_metric: top1 0.* vs reference 1.0000: falls below the required 0.9900 (99.00% of the reference)*",
+            "*task_metric: top1 0.* vs reference 1.0000 (higher is better): falls below the required 0.9900 (99.00% of the reference)*",
         ]
     )
 

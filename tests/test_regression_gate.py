@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,21 +118,63 @@ def test_scaled_copy_gives_ratio_k(samples: np.ndarray, k: float) -> None:
     assert gate.compute(samples * k, samples, reference_factor=k).values["ratio"] == pytest.approx(1.0)
 
 
-def test_reference_workload_tracks_a_slower_machine() -> None:
-    """A machine where every operation takes 1.5x as long: the reference moves by 1.5x, as a case would."""
-    kernel = reference_kernel()
-    normal = measure_reference(kernel=kernel)
+def _spin(seconds: float) -> None:
+    """Busy-wait for ``seconds``: a call that lasts at least that long, whatever the scheduler does."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
-    def stretched() -> None:  # the same work, then as long again spinning: a machine at 2/3 speed
-        import time
 
-        start = time.perf_counter()
-        kernel()
-        end = start + (time.perf_counter() - start) * 1.5
-        while time.perf_counter() < end:
-            pass
+def test_reference_workload_reads_seconds_in_a_plausible_range() -> None:
+    """The default kernel (about 16 us on a 2020s core) reads between 1 us and 10 ms: seconds, not ms or ns."""
+    assert 1e-6 < measure_reference() < 1e-2
 
-    assert measure_reference(kernel=stretched) / normal == pytest.approx(1.5, rel=0.1)
+
+def test_reference_workload_reads_the_median_call() -> None:
+    """One call in five spinning 5 ms among 200 us calls moves the mean to ~1.2 ms, but not the p50."""
+    calls = 0
+
+    def bursty() -> None:
+        nonlocal calls
+        calls += 1
+        _spin(5e-3 if calls % 5 == 0 else 200e-6)
+
+    assert 200e-6 <= measure_reference(min_rounds=50, min_time_s=0.0, kernel=bursty) < 600e-6
+
+
+def test_reference_workload_reads_twice_the_time_for_twice_the_work() -> None:
+    """The kernel doing its work twice reads 1.6x to 2.4x of once: the given kernel is what is timed.
+
+    The two are measured alternately (A, B, A, B, ...) and their medians compared, so that a
+    neighbour's burst on a shared machine hits both sides alike instead of one whole side.
+    """
+    once = reference_kernel()
+
+    def twice() -> None:
+        once()
+        once()
+
+    single: list[float] = []
+    double: list[float] = []
+    for _ in range(5):
+        single.append(measure_reference(kernel=once))
+        double.append(measure_reference(kernel=twice))
+    assert 1.6 <= float(np.median(double)) / float(np.median(single)) <= 2.4
+
+
+def test_reference_workload_honours_min_rounds_and_min_time() -> None:
+    """At least ``min_rounds`` calls with no time floor, and calls for at least ``min_time_s``."""
+    stamps: list[float] = []
+
+    def counted() -> None:
+        stamps.append(time.perf_counter())
+
+    measure_reference(min_rounds=500, min_time_s=0.0, kernel=counted)
+    assert len(stamps) >= 500
+    stamps.clear()
+    # One round: only the time floor keeps it calling, for 50 ms of a kernel that takes ~0.1 us.
+    measure_reference(min_rounds=1, min_time_s=0.05, kernel=counted)
+    assert stamps[-1] - stamps[0] >= 0.05 * 0.95
 
 
 def test_drift_lists_what_changed_but_not_the_clock() -> None:
@@ -229,11 +272,21 @@ def test_gate_and_baseline_lifecycle_on_a_real_injected_slowdown(
     first.stdout.fnmatch_lines([f"{SLOWED}*new", f"*added  {SLOWED}  p50 - -> *"])
     before = stored_p50(gate_project)
 
+    # pytest-benchmark's own saves go to its own storage, never beside the baseline, and never
+    # become what the gate compares with (a slowed autosave would make the fast code "improved").
+    saved = run(gate_project, monkeypatch, DELAY_US, "-k", "slowed", "--benchmark-autosave")
+    saved.assert_outcomes(passed=1)
+    assert sorted(p.name for p in baseline_file(gate_project).parent.iterdir()) == [
+        ".0001_baseline.json.lock",
+        "0001_baseline.json",
+    ]
+    assert list((gate_project.path / ".benchmarks").rglob("0001_*.json"))
+    after_save = run(gate_project, monkeypatch, "0", "-k", "slowed", "--benchmark-compare")
+    after_save.assert_outcomes(passed=1)
+    after_save.stdout.fnmatch_lines([f"{SLOWED}*pass"])
+
     monkeypatch.setenv("PERFGATE_TEST_DELAY_US", DELAY_US)
-    # In a subprocess: pytest-benchmark raises its PerformanceRegression from the terminal summary.
-    slowed = gate_project.runpytest_subprocess(
-        "perf", "-k", "slowed", "--benchmark-compare", "--benchmark-compare-fail=median:50%"
-    )
+    slowed = gate_project.runpytest_subprocess("perf", "-k", "slowed", "--benchmark-compare")
     slowed.stdout.fnmatch_lines(
         [f"*{SLOWED}: regression gate failed*", "*regressed (confirmed: the first measurement read x*"]
     )
@@ -244,9 +297,6 @@ def test_gate_and_baseline_lifecycle_on_a_real_injected_slowdown(
             "ratio: p50 now / p50 baseline, divided by the machine factor*",
             "environment drift since the baseline: none",
         ]
-    )
-    slowed.stderr.fnmatch_lines(
-        ["*Performance has regressed*", "*Field 'median' has failed PercentageRegressionCheck*"]
     )
 
     run(gate_project, monkeypatch, "0", "-k", "slowed", "--benchmark-compare").assert_outcomes(

@@ -13,7 +13,20 @@ from hypothesis import strategies as st
 from perfgate.gates import Verdict
 from perfgate.jsonio import dumps_stable
 from perfgate.pareto import dominates, pareto_front
-from perfgate.report import report_markdown, results_document, write_report
+from perfgate.report import (
+    best_per_runner_rows,
+    comparison_rows,
+    failure_rows,
+    incomparable_rows,
+    model_rows,
+    model_score,
+    regression_lines,
+    report_markdown,
+    results_document,
+    terminal_lines,
+    verdict_word,
+    write_report,
+)
 from perfgate.results import RESULTS_SCHEMA_VERSION, CaseResult, ResultsDocument, ResultsError, load_results
 from perfgate.stats import LatencyStats
 
@@ -27,8 +40,14 @@ def make_case(
     runner: str = "r1",
     verdicts: list[Verdict] | None = None,
     status: str = "passed",
+    metric_name: str = "top1",
+    reference: float = 0.9,
+    direction: str | None = None,
 ) -> CaseResult:
-    """A case as the plugin records it, with samples spread around ``p50_ms``."""
+    """A case as the plugin records it, with samples spread around ``p50_ms``.
+
+    :param direction: the accuracy's ``metric_direction``; ``None`` leaves it out, as older results do.
+    """
     samples = [p50_ms * 1e-3 * (1 + 0.01 * ((i % 7) - 3)) for i in range(50)]
     return CaseResult(
         case_id=f"{model}-{technique}-{backend}-b1",
@@ -42,10 +61,11 @@ def make_case(
         artifact_bytes=int(100_000 * (0.3 if "int8" in technique else 1.0)),
         settings={"intra_op_threads": 1},
         accuracy={
-            "metric_name": "top1",
+            "metric_name": metric_name,
             "metric": metric,
-            "reference_metric": 0.9,
-            "metric_delta": metric - 0.9,
+            "reference_metric": reference,
+            "metric_delta": metric - reference,
+            **({"metric_direction": direction} if direction else {}),
             "eval_samples": 100,
             "fidelity": {
                 "top1_agreement": 1.0,
@@ -86,15 +106,30 @@ points_strategy = st.lists(
 )
 
 
-@given(points_strategy)
-def test_pareto_front_properties(points: list[tuple[float, float]]) -> None:
-    """No frontier point is dominated, and every point off the frontier is dominated by one on it."""
-    front = pareto_front(points)
+def test_dominates_and_front_lower_is_better_literal() -> None:
+    """With a lower-is-better score (MSE) the smaller score wins: as fast and lower MSE dominates."""
+    assert dominates((1.0, 0.01), (1.0, 0.05), higher_is_better=False)
+    assert not dominates((1.0, 0.05), (1.0, 0.01), higher_is_better=False)
+    assert dominates((1.0, 0.01), (2.0, 0.01), higher_is_better=False)
+    assert not dominates((0.5, 0.03), (1.0, 0.01), higher_is_better=False)  # a trade-off
+    # fp32 slow and best; int8 fast, a little worse; a slower int8 with far worse MSE is dominated.
+    points = [(1.0, 0.010), (0.5, 0.030), (0.6, 0.080), (1.2, 0.010)]
+    assert pareto_front(points, higher_is_better=False) == [True, True, False, False]
+    assert pareto_front(points) == [False, True, True, False]  # read as higher-is-better: the other way
+
+
+@given(points_strategy, st.booleans())
+def test_pareto_front_properties(points: list[tuple[float, float]], higher: bool) -> None:
+    """In either direction: no frontier point is dominated, every point off the frontier is dominated
+    by one on it, and a lower-is-better front is the higher-is-better front of the negated scores."""
+    front = pareto_front(points, higher_is_better=higher)
     on = [p for p, f in zip(points, front, strict=True) if f]
     off = [p for p, f in zip(points, front, strict=True) if not f]
-    assert all(not dominates(q, p) for p in on for q in points)
-    assert all(any(dominates(q, p) for q in on) for p in off)
+    assert all(not dominates(q, p, higher) for p in on for q in points)
+    assert all(any(dominates(q, p, higher) for q in on) for p in off)
     assert bool(points) == bool(on)
+    if not higher:
+        assert front == pareto_front([(x, -y) for x, y in points])
 
 
 # ---- results.json -----------------------------------------------------------------------------
@@ -205,6 +240,203 @@ def test_merged_markdown_has_best_per_runner() -> None:
     assert "| `fp32-ort-b1` | 2.0000 | **1.0000** |" in text  # the pivot: p50 per runner, best in bold
 
 
+# ---- metric direction -------------------------------------------------------------------------
+
+
+def mse_cases() -> list[CaseResult]:
+    """A regression model scored by MSE (lower is better): fp32 slow and best, int8_dynamic fast and
+    a little worse, int8_static slower than int8_dynamic and far worse (dominated)."""
+    mse = {"metric_name": "mse", "reference": 0.010, "direction": "lower"}
+    return [
+        make_case(model="reg", p50_ms=1.0, metric=0.010, **mse),  # type: ignore[arg-type]
+        make_case(model="reg", technique="int8_dynamic", p50_ms=0.5, metric=0.030, **mse),  # type: ignore[arg-type]
+        make_case(model="reg", technique="int8_static", p50_ms=0.6, metric=0.080, **mse),  # type: ignore[arg-type]
+    ]
+
+
+def test_lower_is_better_metric_sets_the_frontier_and_the_best() -> None:
+    """With MSE the worse-MSE variant is off the frontier and the best-MSE one on it, the "most
+    accurate" case is the lowest MSE, and the table names the metric and its direction."""
+    rows = {row["case"]: row for row in model_rows(mse_cases())["reg"]}
+    assert rows["reg-fp32-torch_cpu-b1"]["pareto"] is True
+    assert rows["reg-int8_dynamic-torch_cpu-b1"]["pareto"] is True
+    assert rows["reg-int8_static-torch_cpu-b1"]["pareto"] is False
+    assert rows["reg-int8_static-torch_cpu-b1"]["accuracy_delta"] == pytest.approx(
+        0.070
+    )  # metric - reference
+    (best,) = best_per_runner_rows([ResultsDocument({"runner": "r1"}, mse_cases())])
+    assert best[5] == "`fp32-torch_cpu-b1` (mse 0.0100)"
+    assert best[6] == "`fp32-torch_cpu-b1`, `int8_dynamic-torch_cpu-b1`"
+    lines = terminal_lines(mse_cases())
+    assert lines[1] == "model reg  metric: mse (lower is better)"
+    assert lines[2].split() == ["case", "p50", "ms", "p99", "ms", "thr/s", "mse", "Δmse", "size", "speedup", "pareto", "verdict"]  # fmt: skip
+    static = next(line for line in lines if line.startswith("reg-int8_static"))
+    assert "0.0800  +0.0700" in static and not static.rstrip().endswith("*  ok")
+    text = "\n".join(report_markdown([ResultsDocument({"runner": "r1"}, mse_cases())]))
+    assert "metric: `mse` (lower is better)" in text and "| mse | Δmse |" in text
+
+
+def test_missing_direction_reads_as_higher_and_mixed_metrics_fall_back_to_agreement() -> None:
+    """Old results (no metric_direction) are higher-is-better; a model whose cases disagree on the
+    metric is scored on top-1 agreement for every case rather than on two scales at once."""
+    assert model_score([make_case()]).higher_is_better
+    assert model_score(mse_cases()).describe() == "mse (lower is better)"
+    mixed = model_score([make_case(model="reg"), *mse_cases()])
+    assert (mixed.name, mixed.task_metric, mixed.higher_is_better) == ("top-1 agreement", False, True)
+
+
+def test_small_scores_keep_their_digits() -> None:
+    """An MSE below 0.001 is written in scientific notation instead of rounding to 0.0000."""
+    case = make_case(model="tiny", metric=2e-5, metric_name="mse", reference=1e-5, direction="lower")
+    row = next(line for line in terminal_lines([case]) if line.startswith("tiny-"))
+    assert "2.000e-05  +1.000e-05" in row
+
+
+# ---- verdicts: incomparable baselines, baseline accuracy, technique effect --------------------
+
+INCOMPARABLE = Verdict(
+    "regression",
+    "incomparable",
+    "baseline taken on other hardware: not compared",
+    {"reasons": ["cpu_model Intel Xeon 8375C -> AMD EPYC 7763", "torch 2.4.1 -> 3.0.0"]},
+)
+
+
+def compared_cases() -> list[CaseResult]:
+    """One case per regression status: pass, fail, improved, incomparable, new."""
+    regression = {"baseline_p50_ms": 1.0, "current_p50_ms": 1.0, "ratio": 1.0, "ratio_ci": [0.99, 1.01]}
+
+    def judged(technique: str, status: str, ratio: float = 1.0) -> CaseResult:
+        verdict = Verdict("regression", status, status, {**regression, "ratio": ratio})
+        return make_case(
+            technique=technique, verdicts=[verdict], status="failed" if status == "fail" else "passed"
+        )
+
+    return [
+        judged("a_pass", "pass"),
+        judged("b_fail", "fail", 1.5),
+        judged("c_improved", "improved", 0.7),
+        make_case(technique="d_moved", verdicts=[INCOMPARABLE]),
+        make_case(technique="e_new", verdicts=[Verdict("regression", "new", "no baseline")]),
+    ]
+
+
+def test_incomparable_is_listed_apart_with_its_reasons() -> None:
+    """An incomparable baseline sorts after regressions and improvements, its reasons are listed
+    under the table, and it is neither a failure row nor a row of the comparison table."""
+    cases = compared_cases()
+    lines = regression_lines(cases)
+    rows = [line.split()[0] for line in lines[3:8]]
+    assert rows == [
+        "m-b_fail-torch_cpu-b1",
+        "m-c_improved-torch_cpu-b1",
+        "m-d_moved-torch_cpu-b1",
+        "m-e_new-torch_cpu-b1",
+        "m-a_pass-torch_cpu-b1",
+    ]
+    assert lines[5].endswith("incomparable")
+    assert (
+        "incomparable: m-d_moved-torch_cpu-b1: cpu_model Intel Xeon 8375C -> AMD EPYC 7763; torch 2.4.1 -> 3.0.0"
+        in lines
+    )
+    assert verdict_word(cases[3]) == "incomparable"
+    document = ResultsDocument({"runner": "r1"}, cases)
+    assert [row[0] for row in failure_rows([document])] == ["`m-b_fail-torch_cpu-b1`"]
+    assert "`m-d_moved-torch_cpu-b1`" not in {row[0] for row in comparison_rows(cases)}
+    assert incomparable_rows(cases) == [
+        [
+            "`m-d_moved-torch_cpu-b1`",
+            "cpu_model Intel Xeon 8375C -> AMD EPYC 7763; torch 2.4.1 -> 3.0.0",
+            "not judged",
+        ]
+    ]
+    text = "\n".join(report_markdown([document]))
+    assert text.splitlines()[2].startswith(
+        "5 cases: 4 passed, 1 failed, 0 errors; 1 incomparable with their baseline"
+    )
+    assert text.index("| `m-a_pass-torch_cpu-b1` |") < text.index("1 incomparable: the baseline was taken")
+
+
+def test_failure_rows_show_baseline_accuracy_and_technique_effect_in_order() -> None:
+    """Failed baseline_accuracy and technique_effect verdicts are failure rows with their messages,
+    ranked: regressions, accuracy (baseline_accuracy with the task metric), techniques that did
+    nothing, baselines failed as incomparable under --perf-require-baseline, then errors."""
+    cases = [
+        make_case(technique="a", status="error", verdicts=[]),
+        make_case(
+            technique="b",
+            status="failed",
+            verdicts=[Verdict("technique_effect", "fail", "0 of 6 ops quantized", {"quantized_ops": 0})],
+        ),
+        make_case(
+            technique="c",
+            status="failed",
+            verdicts=[Verdict("regression", "fail", "incomparable baseline (--perf-require-baseline)")],
+        ),
+        make_case(
+            technique="d",
+            status="failed",
+            verdicts=[
+                Verdict("baseline_accuracy", "fail", "top1 0.85 vs the baseline's 0.90: worse by > 0.01")
+            ],
+        ),
+        make_case(
+            technique="e", status="failed", verdicts=[Verdict("regression", "fail", "p50 1 ms -> 2 ms")]
+        ),
+        make_case(technique="f", verdicts=[Verdict("technique_effect", "allowed", "artifact not smaller")]),
+    ]
+    rows = failure_rows([ResultsDocument({"runner": "r1"}, cases)])
+    assert [(row[0], row[2], row[3]) for row in rows] == [
+        ("`m-e-torch_cpu-b1`", "regression", "p50 1 ms -> 2 ms"),
+        ("`m-d-torch_cpu-b1`", "baseline_accuracy", "top1 0.85 vs the baseline's 0.90: worse by > 0.01"),
+        ("`m-b-torch_cpu-b1`", "technique_effect", "0 of 6 ops quantized"),
+        (
+            "`m-c-torch_cpu-b1`",
+            "regression (incomparable)",
+            "incomparable baseline (--perf-require-baseline)",
+        ),
+        ("`m-a-torch_cpu-b1`", "error", "the case did not run to its end"),
+    ]
+    assert verdict_word(cases[2]) == "FAIL incomparable"
+
+
+def test_technique_without_effect_is_flagged_in_the_tables() -> None:
+    """A technique_effect verdict of fail or allowed marks the case's size with "!" and lists the
+    problems under its model's table; a passing one is not marked."""
+    problems = {
+        "quantized_ops": 0,
+        "float_ops": 6,
+        "problems": ["0 of 6 ops quantized", "artifact not smaller"],
+    }
+    cases = [
+        make_case(),
+        make_case(technique="int8_dynamic", p50_ms=0.9, verdicts=[Verdict("technique_effect", "pass", "ok")]),
+        make_case(
+            technique="int8_static",
+            p50_ms=0.8,
+            status="failed",
+            verdicts=[Verdict("technique_effect", "fail", "no effect", problems)],
+        ),
+        make_case(
+            technique="prune", p50_ms=0.95, verdicts=[Verdict("technique_effect", "allowed", "no effect")]
+        ),
+    ]
+    lines = terminal_lines(cases)
+    row = {line.split()[0]: line for line in lines if line.startswith("m-")}
+    assert "29.3 KB !" in row["m-int8_static-torch_cpu-b1"] and "97.7 KB !" in row["m-prune-torch_cpu-b1"]
+    assert "!" not in row["m-int8_dynamic-torch_cpu-b1"] and "!" not in row["m-fp32-torch_cpu-b1"]
+    note = lines.index(
+        "! the technique changed nothing or the artifact is not smaller than FP32: see the verdict"
+    )
+    assert lines[note + 1 : note + 3] == [
+        "  m-int8_static-torch_cpu-b1: fail: 0 of 6 ops quantized; artifact not smaller",
+        "  m-prune-torch_cpu-b1: allowed: no effect",
+    ]
+    text = "\n".join(report_markdown([ResultsDocument({"runner": "r1"}, cases)]))
+    assert "| 29.3 KB ! |" in text
+    assert "- `m-int8_static-torch_cpu-b1`: fail: 0 of 6 ops quantized; artifact not smaller" in text
+
+
 # ---- plots ------------------------------------------------------------------------------------
 
 
@@ -231,6 +463,38 @@ def test_plot_labels_do_not_overlap(tmp_path: Path) -> None:
     assert not overlapping
 
 
+def test_plot_names_the_metric_and_its_direction() -> None:
+    """The score axis names the metric and says which way is better (the top1 fraction wording only
+    for top1), and the title names the metric."""
+    pytest.importorskip("matplotlib")
+    from perfgate.plot import axis_label, plot_title
+
+    mse = model_score(mse_cases())
+    assert axis_label(mse) == "mse  ←  lower is better"  # drawn reading upwards: the arrow points down
+    assert "fraction" not in axis_label(mse)
+    assert (
+        axis_label(model_score([make_case()]))
+        == "top1 accuracy (fraction of the eval set)  →  higher is better"
+    )
+    assert plot_title("reg", mse, ["r1"]) == "reg: mse vs p50 latency  —  runner r1"
+
+
+def test_lower_is_better_frontier_hangs_from_the_top() -> None:
+    """For MSE the frontier starts at the top of the axis at the fastest frontier case and steps down
+    to the lower (better) MSE of slower cases; the dominated case is not starred."""
+    pytest.importorskip("matplotlib")
+    from perfgate.plot import backend_colours, draw_model
+
+    cases = mse_cases()
+    fig = draw_model("reg", {"r1": cases}, backend_colours([ResultsDocument({"runner": "r1"}, cases)]))
+    ax = fig.axes[0]
+    (line,) = [line for line in ax.lines if line.get_label() == "Pareto frontier"]
+    assert list(line.get_xdata()[:3]) == [0.5, 0.5, 1.0]
+    assert line.get_ydata()[0] == ax.get_ylim()[1]
+    assert list(line.get_ydata()[1:]) == pytest.approx([0.030, 0.010, 0.010])
+    assert ax.get_ylabel() == "mse  ←  lower is better"
+
+
 def test_write_report_draws_a_plot_per_model(tmp_path: Path) -> None:
     """Every model gets its PNG and SVG, linked from its section of report.md."""
     pytest.importorskip("matplotlib")
@@ -239,7 +503,7 @@ def test_write_report_draws_a_plot_per_model(tmp_path: Path) -> None:
     assert names == sorted(
         ["results.json", "report.md", "pareto-m.png", "pareto-m.svg", "pareto-n.png", "pareto-n.svg"]
     )
-    assert "![accuracy against p50 latency, m](pareto-m.png)" in (tmp_path / "report.md").read_text()
+    assert "![top1 against p50 latency, m](pareto-m.png)" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "pareto-m.png").read_bytes().startswith(b"\x89PNG")
 
 

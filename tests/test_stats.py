@@ -65,6 +65,45 @@ def test_scaling_samples_scales_every_statistic(samples: list[float], factor: fl
     assert b.throughput_per_s == pytest.approx(a.throughput_per_s / factor, rel=1e-9)
 
 
+def linear_percentile(values: list[float], q: float) -> float:
+    """The q-th percentile by linear interpolation between order statistics, written out by hand.
+
+    The independent reference for :func:`perfgate.stats.percentile`: sort, take the fractional
+    rank ``q / 100 * (n - 1)`` and interpolate between the two order statistics around it.
+
+    :param values: the samples, at least one.
+    :param q: the percentile, in [0, 100].
+    """
+    ordered = sorted(values)
+    rank = q / 100.0 * (len(ordered) - 1)
+    lower = math.floor(rank)
+    upper = min(lower + 1, len(ordered) - 1)
+    fraction = rank - lower
+    return ordered[lower] + fraction * (ordered[upper] - ordered[lower])
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([1.0, 2.0, 3.0, 4.0], 50, 2.5),  # between the two middle values
+        ([4.0, 1.0, 3.0, 2.0], 50, 2.5),  # order of the samples does not matter
+        ([3.0, 1.0, 2.0], 50, 2.0),  # odd count: the middle value
+        ([5.0, 1.0, 9.0], 0, 1.0),  # q=0 is the minimum
+        ([5.0, 1.0, 9.0], 100, 9.0),  # q=100 is the maximum
+        ([10.0, 20.0], 25, 12.5),  # a quarter of the way from 10 to 20
+        ([10.0, 20.0, 30.0, 40.0, 50.0], 90, 46.0),  # rank 3.6: 40 + 0.6 * 10
+        ([7.0], 0, 7.0),  # a single sample is every percentile
+        ([7.0], 37.5, 7.0),
+        ([7.0], 100, 7.0),
+    ],
+)
+def test_percentile_literal_values(values: list[float], q: float, expected: float) -> None:
+    """Linear interpolation at rank q/100*(n-1) of the sorted samples, on hand-computed cases."""
+    assert percentile(values, q) == pytest.approx(expected, rel=1e-12)
+    assert percentile(np.array(values), q) == pytest.approx(expected, rel=1e-12)
+
+
 @given(st.lists(st.floats(min_value=0, max_value=1e3), min_size=1, max_size=50), st.floats(0, 100))
-def test_percentile_matches_numpy_linear(values: list[float], q: float) -> None:
-    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+def test_percentile_matches_a_hand_written_linear_interpolation(values: list[float], q: float) -> None:
+    """For any samples and q, the percentile is the hand-written linear interpolation's value."""
+    assert percentile(values, q) == pytest.approx(linear_percentile(values, q), rel=1e-9, abs=1e-9)

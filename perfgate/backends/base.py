@@ -28,6 +28,9 @@ class BuildRequest:
     # The session's thread settings, for a backend whose build depends on them (inductor bakes
     # the thread count into its kernels); ``None`` when the caller does not give them.
     run_settings: RunSettings | None = None
+    # How far an ONNX export may differ from torch (perfgate.export.ExportTolerance); ``None``
+    # for the default. A model sets it in its matrix table.
+    export_tolerance: Any = None
 
 
 @dataclass
@@ -74,6 +77,9 @@ class Backend:
     lowerings: ClassVar[frozenset[str]] = frozenset({"none"})
     # Markers every case of this backend gets besides ``marker`` (torch.compile: "compiled").
     extra_markers: ClassVar[tuple[str, ...]] = ()
+    # Distributions (as in perfgate.hardware.LIBRARIES) whose major.minor version moves this
+    # backend's latency: another one than the baseline's makes its verdicts incomparable.
+    libraries: ClassVar[tuple[str, ...]] = ()
 
     def supports(self, lowering: str) -> bool:
         """Whether this backend can run a technique that asks for ``lowering``."""
@@ -96,6 +102,19 @@ class Backend:
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> Session:
         raise NotImplementedError
+
+    def inspect(self, artifact: Artifact) -> dict[str, int]:
+        """What the built artifact's compute ops really run in: ``quantized_ops`` and ``float_ops``.
+
+        A compute op is one with weights (a linear, a convolution, a recurrent layer); it counts as
+        quantized when its weights are INT8 (or narrower) in the artifact that runs, and as float
+        otherwise. An INT8 lowering can silently leave layers float (a GRU the quantizer does not
+        handle), which only this count shows. The base answers ``{}``: unknown.
+
+        :param artifact: what ``build`` returned.
+        :returns: ``{"quantized_ops": n, "float_ops": m}``, or ``{}`` when the backend cannot tell.
+        """
+        return {}
 
 
 def skip_case(reason: str) -> NoReturn:

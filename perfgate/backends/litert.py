@@ -172,6 +172,48 @@ def convert(request: BuildRequest, path: Path) -> dict[str, Any]:
     return info
 
 
+# Compute ops with weights, and the index of their weight tensor (an LSTM's input-to-forget
+# weights: the input-to-input ones are optional).
+TFLITE_WEIGHT_INPUT = {
+    "CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "CONV_3D": 1, "TRANSPOSE_CONV": 1, "FULLY_CONNECTED": 1,
+    "BATCH_MATMUL": 1, "UNIDIRECTIONAL_SEQUENCE_LSTM": 2, "BIDIRECTIONAL_SEQUENCE_LSTM": 2,
+    "LSTM": 2, "UNIDIRECTIONAL_SEQUENCE_RNN": 1, "RNN": 1, "SVDF": 1,
+}  # fmt: skip
+TFLITE_LOW_BIT = frozenset({"int8", "uint8", "int4"})
+
+
+def count_tflite_ops(path: Path) -> dict[str, int]:
+    """Count the compute ops of a ``.tflite`` whose weights are INT8 and those left float.
+
+    A weight tensor that a ``DEQUANTIZE`` op produces counts as the tensor it dequantizes: FP16
+    weights are float, INT8 ones quantized. The converter unrolls a GRU into one
+    FULLY_CONNECTED per time step, so a recurrent layer counts once per step.
+
+    :param path: the flatbuffer the session runs.
+    """
+    # Without allocate_tensors: the op and tensor tables are read from the flatbuffer as is,
+    # and no delegate replaces them yet.
+    interpreter = interpreter_class()(model_path=str(path))
+    # The interpreter has no public listing of its ops; without this private one, unknown.
+    details = getattr(interpreter, "_get_ops_details", None)
+    if details is None:
+        return {}
+    ops = [op for op in details() if op["op_name"] != "DELEGATE"]
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    dequantized = {
+        out: op["inputs"][0] for op in ops if op["op_name"] == "DEQUANTIZE" for out in op["outputs"]
+    }
+    counts = {"quantized_ops": 0, "float_ops": 0}
+    for op in ops:
+        index = TFLITE_WEIGHT_INPUT.get(op["op_name"])
+        if index is None or index >= len(op["inputs"]) or op["inputs"][index] < 0:
+            continue
+        weight = op["inputs"][index]
+        weight = dequantized.get(weight, weight)
+        counts["quantized_ops" if dtypes.get(weight) in TFLITE_LOW_BIT else "float_ops"] += 1
+    return counts
+
+
 class LiteRtSession:
     """A LiteRT interpreter; ``bind`` fills its input tensor once, ``run`` is ``invoke()``."""
 
@@ -222,6 +264,7 @@ class LiteRtCpuBackend(Backend):
 
     name = "litert_cpu"
     marker = "litert"
+    libraries = ("ai-edge-litert", "tflite-runtime")
     requires = ("litert_torch",)
     install_hint = "pip install 'perfgate[edge]'"
     lowerings = frozenset({"none", "int8_dynamic", "int8_static", "fp16"})
@@ -292,6 +335,13 @@ class LiteRtCpuBackend(Backend):
             **{k: v for k, v in artifact.info.items() if k != "lowering"},
         }
         return LiteRtSession(interpreter, recorded)
+
+    def inspect(self, artifact: Artifact) -> dict[str, int]:
+        """Quantized and float compute ops of the ``.tflite`` (see :func:`count_tflite_ops`).
+
+        :param artifact: what ``build`` returned; its path is the flatbuffer.
+        """
+        return count_tflite_ops(artifact.path) if artifact.path is not None else {}
 
 
 def _runtime_version() -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,54 @@ LOWERINGS: dict[str, Callable[[BuildRequest, Path], CacheHit] | None] = {
 }
 
 
+# Nodes that compute in integer arithmetic on INT8 (or narrower) weights: the QOperator and
+# dynamic-quantization ops, ONNX's and ONNX Runtime's contrib ones.
+ONNX_QUANTIZED_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM", "QGemm",
+    "QAttention", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits",
+})  # fmt: skip
+# Float compute nodes with weights (input 1: Conv's W, MatMul's and Gemm's B, an RNN's W), and
+# the fused forms ONNX Runtime's optimizer writes when a graph is saved after optimization.
+ONNX_FLOAT_OPS = frozenset({
+    "Conv", "ConvTranspose", "MatMul", "Gemm", "GRU", "LSTM", "RNN", "Attention",
+    "FusedConv", "FusedMatMul", "FusedGemm",
+})  # fmt: skip
+
+
+def count_onnx_ops(path: Path) -> dict[str, int]:
+    """Count the compute nodes of an ONNX graph that run on INT8 weights and those left float.
+
+    Quantized: the integer ops of :data:`ONNX_QUANTIZED_OPS`, and in a QDQ graph a float compute
+    node whose weight (input 1) is a ``DequantizeLinear`` output, which ONNX Runtime fuses into
+    an INT8 kernel. Float: every other node of :data:`ONNX_FLOAT_OPS`. Subgraphs (``If``,
+    ``Loop``, ``Scan`` bodies) count too.
+
+    :param path: the ``.onnx`` file the session runs.
+    """
+    import onnx
+
+    # The weights' bytes are not needed, only the graph: external data stays on disk.
+    nodes = list(_all_nodes(onnx.load(str(path), load_external_data=False).graph))
+    dequantized = {out for node in nodes if node.op_type == "DequantizeLinear" for out in node.output}
+    counts = {"quantized_ops": 0, "float_ops": 0}
+    for node in nodes:
+        if node.op_type in ONNX_QUANTIZED_OPS:
+            counts["quantized_ops"] += 1
+        elif node.op_type in ONNX_FLOAT_OPS:
+            qdq = len(node.input) > 1 and node.input[1] in dequantized
+            counts["quantized_ops" if qdq else "float_ops"] += 1
+    return counts
+
+
+def _all_nodes(graph: Any) -> Iterator[Any]:
+    """The graph's nodes, then those of every subgraph attribute, depth first."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _all_nodes(subgraph)
+
+
 class OrtSession:
     """An InferenceSession whose feed is built once, outside the timed call.
 
@@ -187,6 +235,7 @@ class OnnxRuntimeCpuBackend(Backend):
 
     name = "onnxruntime_cpu"
     marker = "onnxruntime"
+    libraries = ("onnxruntime", "onnxruntime-gpu")
     requires = ("onnxruntime", "onnx")
     install_hint = "pip install 'perfgate[cpu]'"
     lowerings = frozenset(LOWERINGS)
@@ -224,6 +273,13 @@ class OnnxRuntimeCpuBackend(Backend):
                 "onnxruntime_version": ort.__version__,
             },
         )
+
+    def inspect(self, artifact: Artifact) -> dict[str, int]:
+        """Quantized and float compute nodes of the graph that runs (see :func:`count_onnx_ops`).
+
+        :param artifact: what ``build`` returned; its path is the lowered ``.onnx``.
+        """
+        return count_onnx_ops(artifact.path) if artifact.path is not None else {}
 
 
 ONNXRUNTIME_CPU = OnnxRuntimeCpuBackend()

@@ -216,6 +216,7 @@ class OnnxRuntimeTensorRTBackend(OnnxRuntimeCudaBackend):
 
     name = "onnxruntime_tensorrt"
     marker = "tensorrt"
+    libraries = ("onnxruntime-gpu", "tensorrt")
     requires = ("onnxruntime", "onnx", "tensorrt")
     provider = "TensorrtExecutionProvider"
     lowerings = frozenset({"none", "fp16"})

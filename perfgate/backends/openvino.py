@@ -175,6 +175,61 @@ def _load_json(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
+# Compute ops with weights, and the index of their weight input (a recurrent op's W).
+OV_WEIGHT_INPUT = {
+    "Convolution": 1, "GroupConvolution": 1, "ConvolutionBackpropData": 1,
+    "GroupConvolutionBackpropData": 1, "MatMul": 1, "GRUSequence": 3, "RNNSequence": 3,
+    "LSTMSequence": 4, "GRUCell": 2, "RNNCell": 2, "LSTMCell": 3,
+}  # fmt: skip
+# What lies between a weight constant and its op: NNCF's decompression (Convert, Subtract,
+# Multiply) and the layout ops the converter adds (a grouped conv's Reshape, a Transpose).
+OV_WEIGHT_PATH_OPS = frozenset({
+    "Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Broadcast",
+})  # fmt: skip
+OV_LOW_BIT = frozenset({"i8", "u8", "i4", "u4"})
+
+
+def count_ir_ops(path: Path) -> dict[str, int]:
+    """Count the compute ops of an OpenVINO IR whose weights are INT8 and those left float.
+
+    A weight input is followed up through :data:`OV_WEIGHT_PATH_OPS`; it is quantized when it
+    comes through a ``FakeQuantize`` (NNCF's marks, or converted ONNX Q/DQ pairs) or from an
+    INT8/INT4 constant (NNCF's compressed weights), float otherwise: an f32/f16 constant, or an
+    activation (an attention MatMul without quantizers).
+
+    :param path: the IR's ``.xml`` (its ``.bin`` beside it).
+    """
+    import openvino as ov
+
+    counts = {"quantized_ops": 0, "float_ops": 0}
+    for op in ov.Core().read_model(str(path)).get_ordered_ops():
+        index = OV_WEIGHT_INPUT.get(op.get_type_name())
+        if index is not None and index < op.get_input_size():
+            quantized = _low_bit_source(op.input_value(index).get_node())
+            counts["quantized_ops" if quantized else "float_ops"] += 1
+    return counts
+
+
+def _low_bit_source(node: Any) -> bool:
+    """Whether ``node`` is, or passes on, a FakeQuantize's output or a low-bit constant."""
+    pending, seen = [node], set()
+    while pending:
+        node = pending.pop()
+        if node.get_name() in seen:  # shared subexpressions: visit each node once
+            continue
+        seen.add(node.get_name())
+        kind = node.get_type_name()
+        if kind == "FakeQuantize":
+            return True
+        if kind == "Constant" and node.get_output_element_type(0).get_type_name() in OV_LOW_BIT:
+            return True
+        if kind in OV_WEIGHT_PATH_OPS:
+            # Every input: a decompression Multiply holds the weights on one side and the scale
+            # on the other, and which side is the converter's choice.
+            pending.extend(node.input_value(i).get_node() for i in range(node.get_input_size()))
+    return False
+
+
 class OpenVinoLatencySession:
     """One synchronous request; its input tensor wraps the bound array, so ``run`` copies nothing."""
 
@@ -247,6 +302,7 @@ class OpenVinoCpuBackend(Backend):
     """OpenVINO's CPU plugin under one performance hint."""
 
     marker = "openvino"
+    libraries = ("openvino",)
     requires = ("openvino", "onnx", "onnxruntime")  # the shared ONNX export is validated with ORT
     install_hint = "pip install 'perfgate[cpu]'"
     lowerings = frozenset(PRECISIONS)
@@ -304,6 +360,13 @@ class OpenVinoCpuBackend(Backend):
             **{k: v for k, v in artifact.info.items() if k not in ("lowering", "onnx")},
         }
         return self.sessions[self.hint](compiled, recorded)
+
+    def inspect(self, artifact: Artifact) -> dict[str, int]:
+        """Quantized and float compute ops of the IR that runs (see :func:`count_ir_ops`).
+
+        :param artifact: what ``build`` returned; its path is the IR's ``.xml``.
+        """
+        return count_ir_ops(artifact.path) if artifact.path is not None else {}
 
 
 @functools.lru_cache(maxsize=1)

@@ -314,6 +314,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     device = "cuda"
     marker = "tensorrt"
+    libraries = ("tensorrt", "torch")
     requires = ("tensorrt", "onnx", "onnxruntime")  # onnxruntime validates the shared export
     install_hint = "pip install 'perfgate[gpu]'"
     lowerings = frozenset({"none", "fp16", "int8_static"})

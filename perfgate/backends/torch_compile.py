@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
-from perfgate.backends.torch_eager import TorchSession, in_memory_artifact
+from perfgate.backends.torch_eager import TorchSession, count_torch_ops, in_memory_artifact
 
 
 def compile_module(module: torch.nn.Module, example: torch.Tensor, threads: int | None) -> tuple[Any, float]:
@@ -58,6 +58,7 @@ class TorchCompileCpuBackend(Backend):
 
     name = "torch_compile_cpu"
     marker = "torch"
+    libraries = ("torch",)
     extra_markers: ClassVar[tuple[str, ...]] = ("compiled",)
     requires = ("torch",)
     lowerings = frozenset({"none"})
@@ -94,6 +95,14 @@ class TorchCompileCpuBackend(Backend):
             **({"recompiled_for_threads": round(recompile_s, 3)} if recompile_s is not None else {}),
         }
         return session
+
+    def inspect(self, artifact: Artifact) -> dict[str, int]:
+        """The compute modules of the module inductor compiled (only the ``none`` lowering: all float).
+
+        :param artifact: what ``build`` returned; its payload is the ``torch.compile`` wrapper.
+        """
+        # The wrapper keeps the module it compiled; inductor's kernels are not modules to count.
+        return count_torch_ops(getattr(artifact.payload, "_orig_mod", artifact.payload))
 
 
 TORCH_COMPILE_CPU = TorchCompileCpuBackend()

@@ -132,6 +132,7 @@ class TorchCudaBackend(Backend):
 
     device = "cuda"
     marker = "torch"
+    libraries = ("torch",)
     requires = ("torch",)
     install_hint = CUDA_TORCH_HINT
     lowerings = frozenset(LOWERING_DTYPES)

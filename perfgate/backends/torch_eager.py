@@ -81,6 +81,47 @@ LOWERINGS: dict[str, Callable[[BuildRequest], torch.nn.Module]] = {
 }
 
 
+def count_torch_ops(module: torch.nn.Module) -> dict[str, int]:
+    """Count the weighted compute modules of ``module`` that are quantized and those left float.
+
+    Quantized: torch.ao's quantized, dynamic and fused intrinsic modules (Linear, Conv*,
+    ConvTranspose*, LSTM, GRU, their cells). Float: ``nn.Linear``, ``nn.Conv*``,
+    ``nn.ConvTranspose*``, ``nn.RNN``/``LSTM``/``GRU`` and their cells, and a float
+    ``nn.MultiheadAttention``'s input projection (its ``out_proj`` is an ``nn.Linear`` child).
+    Functional calls (``F.linear`` in a ``forward``) are not modules and are not counted.
+
+    :param module: the module a session runs (after the lowering).
+    """
+    import torch.ao.nn.quantizable as nnqa
+    import torch.ao.nn.quantized as nnq
+    from torch.ao.nn.quantized.dynamic.modules.rnn import RNNBase, RNNCellBase
+    from torch.ao.nn.quantized.modules.conv import _ConvNd
+
+    # nnq.Linear covers the dynamic and fused (LinearReLU) ones, _ConvNd every quantized conv and
+    # ConvReLU. None of them subclasses a float module in this torch, but QAT and reference
+    # modules do (they compute in float), so the quantized check must come first.
+    quantized = (nnq.Linear, _ConvNd, RNNBase, RNNCellBase)
+    floating = (torch.nn.Linear, torch.nn.modules.conv._ConvNd, torch.nn.RNNBase, torch.nn.RNNCellBase)
+    counts = {"quantized_ops": 0, "float_ops": 0}
+
+    def visit(node: torch.nn.Module) -> None:
+        if isinstance(node, quantized):
+            counts["quantized_ops"] += 1
+            return  # a quantized LSTM's packed params are part of it, not ops of their own
+        if isinstance(node, floating):
+            counts["float_ops"] += 1
+            return
+        # The float attention's q/k/v projection is a parameter, not a Linear child; the
+        # quantizable one (a subclass) has real linear_Q/K/V children, counted below.
+        if isinstance(node, torch.nn.MultiheadAttention) and not isinstance(node, nnqa.MultiheadAttention):
+            counts["float_ops"] += 1 if node._qkv_same_embed_dim else 3
+        for child in node.children():
+            visit(child)
+
+    visit(module)
+    return counts
+
+
 class TorchSession:
     """A torch module bound to one input tensor."""
 
@@ -116,6 +157,7 @@ class TorchEagerBackend(Backend):
     """Runs the torch module as it is, after the technique's lowering."""
 
     marker = "torch"
+    libraries = ("torch",)
     requires = ("torch",)
 
     def __init__(self, name: str, device: str, lowerings: frozenset[str]) -> None:
@@ -139,6 +181,13 @@ class TorchEagerBackend(Backend):
             "quantized_engine": torch.backends.quantized.engine,
         }
         return session
+
+    def inspect(self, artifact: Artifact) -> dict[str, int]:
+        """Quantized and float compute modules of the lowered module (see :func:`count_torch_ops`).
+
+        :param artifact: what ``build`` returned; its payload is the module the session runs.
+        """
+        return count_torch_ops(artifact.payload)
 
     def _torch_device(self) -> torch.device:
         return torch.device("cuda" if self.device == "cuda" else "cpu")

@@ -49,6 +49,9 @@ class Technique:
     # for all. A combination outside it is never generated (channels-last means nothing to ONNX).
     runtimes: frozenset[str] | None = None
     accuracy: dict[str, float | None] = field(default_factory=dict)
+    # Whether the technique exists to make the artifact smaller (INT8, FP16, channel pruning,
+    # distillation): a variant that is not smaller than FP32 did not do what it says.
+    size_reducing: bool = False
     default_options: dict[str, Any] = field(default_factory=dict)
 
     def transform(self, model: Any, ctx: TransformContext) -> Any:

@@ -277,6 +277,7 @@ PRUNE_UNSTRUCTURED = UnstructuredPruning(
 
 PRUNE_STRUCTURED = StructuredPruning(
     name="prune_structured",
+    size_reducing=True,
     description="30% of internal channels removed by L1 filter norm (smaller network), fine-tuned",
     family="pruned",
     accuracy=STRUCTURED_ACCURACY,
@@ -286,6 +287,7 @@ PRUNE_STRUCTURED = StructuredPruning(
 # The pruned network of prune_structured (same cache entry), lowered to static INT8 by the backend.
 PRUNE_STRUCTURED_INT8 = StructuredPruning(
     name="prune_structured_int8",
+    size_reducing=True,
     description="prune_structured, then static INT8 post-training quantization (calibrated)",
     lowering="int8_static",
     family="pruned",

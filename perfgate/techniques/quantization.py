@@ -85,6 +85,7 @@ INT8_DYNAMIC = Technique(
     lowering="int8_dynamic",
     family="quantized",
     accuracy=dict(INT8_ACCURACY),
+    size_reducing=True,
 )
 
 
@@ -100,6 +101,7 @@ class StaticInt8(Technique):
 
     lowering: str = "int8_static"
     family: str | None = "quantized"
+    size_reducing: bool = True
     accuracy: dict[str, float | None] = field(default_factory=lambda: dict(INT8_ACCURACY))
 
 
@@ -132,6 +134,7 @@ class QuantizationAwareTraining(Technique):
 
     lowering: str = "int8_qat"
     family: str | None = "quantized"
+    size_reducing: bool = True
     # No SQNR floor: the fine-tune moves the weights, so the logits leave FP32's on purpose (as
     # after pruning); what QAT must keep is the task metric and the predictions.
     accuracy: dict[str, float | None] = field(default_factory=lambda: {**INT8_ACCURACY, "min_sqnr_db": None})

@@ -18,6 +18,7 @@ from perfgate.techniques.base import Technique, TransformContext
 # Exact up to float reassociation in the kernels: the same tolerances as a lossless conversion.
 LOSSLESS_ACCURACY: dict[str, float | None] = {
     "max_abs_diff": 1e-4,
+    "max_diff_rtol": 1e-5,
     "min_top1_agreement": 0.995,
     "min_relative_metric": 0.999,
 }
