@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-# In-process pytester runs drop every module a run imported when it ends; numpy's fft extension
-# (which scipy.stats imports for the gate's test) cannot be loaded twice in one process, so it is
-# imported once here, before any run, and stays.
+# In-process pytester runs drop every module a run imported when it ends. Some cannot be imported
+# twice in one process: numpy's fft extension (scipy.stats imports it for the gate's test) and
+# torch._dynamo, which registers a torch op library (load_state_dict imports it lazily). They are
+# imported once here, before any run, and stay.
 import scipy.stats  # noqa: F401
+import torch._dynamo  # noqa: F401
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -131,15 +132,13 @@ def test_reference_workload_reads_seconds_in_a_plausible_range() -> None:
 
 
 def test_reference_workload_reads_the_median_call() -> None:
-    """One call in five spinning 5 ms among 200 us calls moves the mean to ~1.2 ms, but not the p50."""
-    calls = 0
+    """Calls cycling 100 us, 300 us x3, 5 ms read ~300 us: not the min (100 us) nor the mean (~1.2 ms)."""
+    durations = itertools.cycle([100e-6, 300e-6, 300e-6, 300e-6, 5e-3])
 
     def bursty() -> None:
-        nonlocal calls
-        calls += 1
-        _spin(5e-3 if calls % 5 == 0 else 200e-6)
+        _spin(next(durations))
 
-    assert 200e-6 <= measure_reference(min_rounds=50, min_time_s=0.0, kernel=bursty) < 600e-6
+    assert 300e-6 <= measure_reference(min_rounds=50, min_time_s=0.0, kernel=bursty) < 600e-6
 
 
 def test_reference_workload_reads_twice_the_time_for_twice_the_work() -> None:
@@ -164,17 +163,22 @@ def test_reference_workload_reads_twice_the_time_for_twice_the_work() -> None:
 
 def test_reference_workload_honours_min_rounds_and_min_time() -> None:
     """At least ``min_rounds`` calls with no time floor, and calls for at least ``min_time_s``."""
-    stamps: list[float] = []
+    calls = 0
 
     def counted() -> None:
-        stamps.append(time.perf_counter())
+        nonlocal calls
+        calls += 1
 
     measure_reference(min_rounds=500, min_time_s=0.0, kernel=counted)
-    assert len(stamps) >= 500
-    stamps.clear()
-    # One round: only the time floor keeps it calling, for 50 ms of a kernel that takes ~0.1 us.
+    assert calls >= 500
+    calls = 0
+    # One round: only the time floor keeps it calling, for 50 ms of a kernel that takes ~0.1 us
+    # (tens of thousands of calls; a warmup alone is a few dozen). The wall time, not the span of
+    # the calls, is compared: a preemption just before the deadline may end the calls early.
+    start = time.perf_counter()
     measure_reference(min_rounds=1, min_time_s=0.05, kernel=counted)
-    assert stamps[-1] - stamps[0] >= 0.05 * 0.95
+    assert time.perf_counter() - start >= 0.05
+    assert calls >= 1000
 
 
 def test_drift_lists_what_changed_but_not_the_clock() -> None:
@@ -380,11 +384,6 @@ def test_a_failure_stands_only_when_its_confirmation_fails_too() -> None:
     real = _confirmed(first, Verdict("regression", "fail", "x1.280 slower", {"ratio": 1.28}))
     assert real.status == "fail" and "(confirmed: the first measurement read x1.300)" in real.message
     assert real.values["confirmations"] == 1
-
-
-def test_confirmation_can_be_switched_off() -> None:
-    assert RegressionPolicy().confirm == 1
-    assert RegressionPolicy().merged({"confirm": 0}).confirm == 0
 
 
 def test_the_machine_factor_excuses_but_never_accuses() -> None:

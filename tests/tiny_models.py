@@ -75,3 +75,97 @@ class Slowed(nn.Module):
 
 def slowed_mlp(ctx: ModelContext) -> nn.Module:
     return Slowed(tiny_mlp(ctx), float(os.environ.get("PERFGATE_TEST_DELAY_US", "0")))
+
+
+def damaged_mlp(ctx: ModelContext) -> nn.Module:
+    """The tiny MLP, with its weights damaged when PERFGATE_TEST_DAMAGE is set: a model change that
+    makes the FP32 model itself worse (every variant still follows its new, worse reference)."""
+    model = tiny_mlp(ctx)
+    if os.environ.get("PERFGATE_TEST_DAMAGE"):
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * parameter.abs().mean() * 3)
+    return model
+
+
+class Burst(Slowed):
+    """Slow (PERFGATE_TEST_DELAY_US) for the first PERFGATE_TEST_BURST_CALLS calls, then fast: a
+    neighbour's burst during the first measurement that the confirmation does not see."""
+
+    def __init__(self, inner: nn.Module, delay_us: float, calls: int) -> None:
+        super().__init__(inner, delay_us)
+        self.remaining = calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.remaining -= 1
+        return super().forward(x) if self.remaining >= 0 else self.inner(x)
+
+
+def burst_mlp(ctx: ModelContext) -> nn.Module:
+    delay = float(os.environ.get("PERFGATE_TEST_DELAY_US", "0"))
+    return Burst(tiny_mlp(ctx), delay, int(os.environ.get("PERFGATE_TEST_BURST_CALLS", "0")))
+
+
+def diabetes() -> ModelData:
+    """scikit-learn's diabetes regression: targets 25-346, so outputs in the hundreds."""
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes()
+    x = ((bunch.data - bunch.data.mean(0)) / bunch.data.std(0)).astype(np.float32)
+    y = bunch.target.astype(np.float32)
+    return ModelData("diabetes", x[:120], y[:120], x[120:], y[120:], calibration=x[120:248])
+
+
+class Regressor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def diabetes_regressor(ctx: ModelContext) -> nn.Module:
+    """A small MLP fitted to the diabetes targets (MSE), cached like any trained model."""
+    from perfgate.training import fit
+
+    def train(path: object) -> None:
+        torch.manual_seed(0)
+        model = Regressor()
+        with torch.no_grad():
+            model.net[2].bias.fill_(float(ctx.data.train_labels.mean()))  # type: ignore[union-attr]
+        config = TrainConfig(epochs=60, batch_size=32, lr=1e-2, max_shift=0)
+        fit(model, ctx.data.train_inputs, ctx.data.train_labels[:, None], config, ctx.progress, mse_loss)  # type: ignore[index,arg-type]
+        torch.save(model.state_dict(), path)  # type: ignore[arg-type]
+
+    hit = ctx.cache.get_or_build("tiny-regressor", ctx.data.fingerprint(), "weights.pt", train)
+    model = Regressor()
+    model.load_state_dict(torch.load(hit.path, weights_only=True))
+    return model.eval()
+
+
+def mse_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(model(inputs), targets)
+
+
+def mse(outputs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean squared error: lower is better."""
+    return float(np.mean((outputs.reshape(-1) - targets) ** 2))
+
+
+def neg_mse(outputs: np.ndarray, targets: np.ndarray) -> float:
+    """-MSE: higher is better, and always negative."""
+    return -mse(outputs, targets)
+
+
+def blobs_without_splits() -> ModelData:
+    """The blobs' eval set alone: nothing to calibrate on but the data it is judged on."""
+    data = blobs()
+    return ModelData("blobs-eval-only", data.eval_inputs, data.eval_labels)
+
+
+def seeded_mlp(ctx: ModelContext) -> nn.Module:
+    """The tiny MLP's architecture, untrained (seeded): for data with nothing to train on."""
+    torch.manual_seed(0)
+    return TinyMLP().eval()
