@@ -205,7 +205,7 @@ def _bench(document: dict) -> dict:
             "reference_workload_p50_us is -3",
         ),
         (lambda d: d["benchmarks"].clear(), "no samples entry"),
-    ],  # fmt: skip
+    ],
 )
 def test_bad_baseline_values_name_the_file_the_case_and_the_fix(
     tmp_path: Path, damage, expected: str
@@ -280,7 +280,7 @@ def test_a_worse_model_fails_against_the_baseline(
         [
             f"*{FP32_TORCH}: accuracy gate failed*",
             "*baseline_accuracy: top1 0.* vs the baseline's 1.0000 (higher is better): falls below the required 0.9900*",
-        ]  # fmt: skip
+        ]
     )
 
 
