@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from perfgate.accuracy import AccuracyResult, Fidelity, resolve_metric
 from perfgate.backends import BACKENDS, Artifact, BuildRequest, RunSettings, Session, predict
 from perfgate.baselines import REFERENCE_SETTING, BaselineCase, baseline_path, cached_baseline
-from perfgate.cache import dir_size_bytes, stable_hash
+from perfgate.cache import stable_hash
 from perfgate.cuda_timing import record_device_timing
 from perfgate.drift import incomparable_reasons
 from perfgate.gates import (
@@ -130,13 +129,11 @@ class CaseRun:
     def _measure_effect(self) -> Effect:
         """What the lowering changed: the backend's op counts, and the artifact's size against FP32's."""
         assert self.artifact is not None and self.model is not None
-        onnx_export = self.artifact.info.get("onnx")
-        if onnx_export:
-            float_bytes = dir_size_bytes(Path(onnx_export))
-        else:
-            from perfgate.backends.torch_eager import serialized_size
+        from perfgate.backends.torch_eager import serialized_size
 
-            float_bytes = serialized_size(self.model.module)
+        # The untransformed model's weights: what the FP32 case ships, whatever the backend (the
+        # export of a pruned or fake-quant model is the variant's own size, not FP32's).
+        float_bytes = serialized_size(self.model.module)
         counts = self.backend.inspect(self.artifact) if self.technique.lowering != "none" else {}
         if counts:
             self.result.settings["op_counts"] = counts

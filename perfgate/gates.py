@@ -421,7 +421,7 @@ class Effect:
     :param size_reducing: whether the technique exists to make the artifact smaller.
     :param counts: the backend's ``inspect()``: ``quantized_ops`` and ``float_ops``, or ``{}``.
     :param artifact_bytes: the variant's artifact size.
-    :param float_bytes: the size of the same model in FP32 (the FP32 export, or its state dict).
+    :param float_bytes: the size of the untransformed FP32 model (its serialized torch state dict).
     """
 
     lowering: str
