@@ -96,7 +96,7 @@ class MetricRule:
     def active(self) -> bool:
         return self.relative is not None or self.absolute is not None
 
-    def limit(self, reference: float) -> tuple[float | None, str]:
+    def limit(self, reference: float, of: str = "the reference") -> tuple[float | None, str]:
         """The worst value the metric may take, and how it was set; ``None`` with the reason when refused."""
         sign = 1.0 if self.direction == "lower" else -1.0
         if self.absolute is not None:
@@ -111,7 +111,7 @@ class MetricRule:
                 "set max_metric_delta (an absolute tolerance) in the model's accuracy table"
             )
         share = 1.0 + sign * self.relative
-        return reference * share, f"{share:.2%} of the reference"
+        return reference * share, f"{share:.2%} of {of}"
 
     def keeps(self, metric: float, limit: float) -> bool:
         """Whether ``metric`` is at least as good as ``limit`` (a float rounding's grace)."""
@@ -125,7 +125,7 @@ def _metric_verdict(
 ) -> Verdict:
     """The verdict of ``metric`` against ``reference`` under ``rule``, both values in the message."""
     better = "lower" if rule.direction == "lower" else "higher"
-    limit, how = rule.limit(reference)
+    limit, how = rule.limit(reference, "the reference" if against == "reference" else against)
     values = {"metric": metric, "reference": reference, "direction": rule.direction, "required": limit}
     head = f"{name} {metric:.4f} vs {against} {reference:.4f} ({better} is better)"
     if limit is None:
