@@ -49,8 +49,10 @@ class Technique:
     # for all. A combination outside it is never generated (channels-last means nothing to ONNX).
     runtimes: frozenset[str] | None = None
     accuracy: dict[str, float | None] = field(default_factory=dict)
-    # Whether the technique exists to make the artifact smaller (INT8, FP16, channel pruning,
-    # distillation): a variant that is not smaller than FP32 did not do what it says.
+    # Whether the technique makes every weight narrower (INT8, FP16): a variant that is not smaller
+    # than the FP32 model did not do what it says. Channel pruning and distillation shrink the
+    # parameter count instead (recorded by ``describe``); their artifact is compared in another
+    # format's overhead (an OpenVINO IR against a torch state dict), so size alone cannot judge them.
     size_reducing: bool = False
     default_options: dict[str, Any] = field(default_factory=dict)
 

@@ -53,7 +53,6 @@ DISTILL = Distillation(
     name="distill",
     description="half-width student trained on the teacher's softened outputs (T=4, alpha=0.7)",
     family="distilled",
-    size_reducing=True,
     # A student is a different, smaller network: it is held to the task metric (within 2% of the
     # teacher's top-1) and to agreeing with the teacher, not to the teacher's exact logits.
     accuracy={"min_relative_metric": 0.98, "min_top1_agreement": 0.95},

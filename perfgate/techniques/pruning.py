@@ -277,7 +277,6 @@ PRUNE_UNSTRUCTURED = UnstructuredPruning(
 
 PRUNE_STRUCTURED = StructuredPruning(
     name="prune_structured",
-    size_reducing=True,
     description="30% of internal channels removed by L1 filter norm (smaller network), fine-tuned",
     family="pruned",
     accuracy=STRUCTURED_ACCURACY,
