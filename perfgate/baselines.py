@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -67,10 +68,7 @@ class BaselineCase:
 
     @property
     def p50_ms(self) -> float:
-        ordered = sorted(self.samples_s)
-        middle = len(ordered) // 2
-        median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-        return median * 1e3
+        return statistics.median(self.samples_s) * 1e3
 
 
 @dataclass(frozen=True)
@@ -240,12 +238,6 @@ def thin(samples: list[float], limit: int = MAX_STORED_SAMPLES) -> list[float]:
     return [round(samples[int(i * step)], 9) for i in range(limit)]
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def benchmark_entry(result: CaseResult) -> dict[str, Any]:
     """A pytest-benchmark ``benchmarks[]`` entry for one case, from its raw samples.
 
@@ -289,7 +281,7 @@ class Change:
 
 
 def _p50_ms(entry: dict[str, Any] | None) -> float | None:
-    return _median(entry["stats"]["data"]) * 1e3 if entry else None
+    return statistics.median(entry["stats"]["data"]) * 1e3 if entry else None
 
 
 def lock_for(path: Path) -> FileLock:

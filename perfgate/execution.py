@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -293,17 +294,11 @@ def _incomparable(baseline: BaselineCase, samples: list[float], reasons: list[st
     """The verdict for a baseline measured on another machine or library: shown, never judged."""
     values = {
         "baseline_p50_ms": baseline.p50_ms,
-        "current_p50_ms": _median(samples) * 1e3,
+        "current_p50_ms": statistics.median(samples) * 1e3,
         "reasons": reasons,
     }
     message = "incomparable with the baseline (" + "; ".join(reasons) + "): refresh this runner's baseline"
     return Verdict("regression", "incomparable", message, values)
-
-
-def _median(samples: list[float]) -> float:
-    import numpy as np
-
-    return float(np.median(np.asarray(samples, dtype=np.float64)))
 
 
 def _confirmed(first: Verdict, retry: Verdict) -> Verdict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_MATRIX
 from perfgate.accuracy import AccuracyResult, Fidelity
 from perfgate.baselines import BaselineError, load_baseline, refresh
 from perfgate.gates import AccuracyPolicy, BaselineAccuracyGate, TaskMetricGate
@@ -325,16 +326,10 @@ def test_a_reference_at_or_below_zero_needs_an_absolute_tolerance() -> None:
     assert absolute.compute(_accuracy(-3031.0, -3000.0)).status == "fail"  # type: ignore[union-attr]
 
 
-REGRESSOR_MATRIX = """
-pythonpath = ["{tests}"]
-batch_sizes = [1]
-
-[timing]
-warmup_rounds = 5
-warmup_time_s = 0.0
-min_rounds = 30
-min_time_s = 0.05
-
+# The tiny matrix's header (pythonpath, batch sizes, short timing), with two regressors.
+REGRESSOR_MATRIX = (
+    TINY_MATRIX.split("[models.tiny_mlp]")[0]
+    + """
 [models.regressor]
 factory = "tiny_models:diabetes_regressor"
 data = "tiny_models:diabetes"
@@ -354,6 +349,7 @@ accuracy = {{ max_metric_delta = 30.0 }}
 [backends.onnxruntime_cpu]
 [backends.openvino_cpu]
 """
+)
 
 
 def test_a_regressor_in_the_hundreds_passes_fp32_everywhere_and_fails_degraded(
