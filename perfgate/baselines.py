@@ -24,7 +24,7 @@ from filelock import FileLock
 from perfgate.cache import stable_hash
 from perfgate.jsonio import write_json
 from perfgate.reference_workload import REFERENCE_NAME
-from perfgate.results import CaseResult
+from perfgate.results import UNFINISHED, CaseResult
 
 SCHEMA_VERSION = 1
 BASELINE_FILE = "0001_baseline.json"
@@ -354,7 +354,13 @@ def _refresh_locked(
     changes = []
     for result in sorted(results, key=lambda r: r.case_id):
         old = benches.get(result.case_id)
-        if result.status == "error" or not result.samples_s or not result.accuracy_passed:
+        concurrent = bool(result.settings.get("concurrent_runs"))
+        if (
+            result.status in UNFINISHED
+            or not result.samples_s
+            or not result.accuracy_passed
+            or concurrent
+        ):
             changes.append(Change(result.case_id, "kept-out", _p50_ms(old), None, _kept_out_reason(result)))
             continue
         benches[result.case_id] = benchmark_entry(result)
@@ -379,6 +385,10 @@ def _refresh_locked(
 
 
 def _kept_out_reason(result: CaseResult) -> str:
+    if result.status == "crashed":
+        return "crashed its process"
+    if result.settings.get("concurrent_runs"):
+        return "was timed while another perfgate run was running on this machine"
     if result.accuracy is not None and not result.accuracy_passed:
         return "failed its accuracy gate"
     if result.accuracy is not None and not result.samples_s:

@@ -22,6 +22,7 @@ from perfgate.gates import (
     Verdict,
     accuracy_verdicts,
 )
+from perfgate.guard import CaseGuard
 from perfgate.hardware import detect
 from perfgate.matrix import Case
 from perfgate.memory import PeakMemory, gpu_peak_memory
@@ -31,7 +32,10 @@ from perfgate.results import CaseResult
 from perfgate.session import PerfgateSession
 from perfgate.stats import LatencyStats
 from perfgate.techniques import TECHNIQUES, NotApplicable, TransformContext
-from perfgate.timing import measure, sample_directly, timed_step
+from perfgate.timing import measure, plan_rounds, sample_directly, timed_step, warm_up
+
+# The steps a case goes through, as named in progress lines, timeouts and failure messages.
+CONVERSION_STEPS = ("transform", "building", "loading", "first inference")
 
 
 class CaseRun:
@@ -44,8 +48,10 @@ class CaseRun:
         nodeid: str,
         compare: bool = False,
         require_baseline: bool = False,
+        timing_enabled: bool = True,
     ) -> None:
         self.case = case
+        self.timing_enabled = timing_enabled  # without a fixture (isolation child): time or not
         self.compare = compare
         self.require_baseline = require_baseline
         self.session = session
@@ -59,30 +65,39 @@ class CaseRun:
         self._step: Any = None  # the timed call, kept for a confirmation run
         self._benchmark: Any = None  # pytest-benchmark's fixture, to show the accepted measurement
         self._effect: Effect | None = None
-        self.result = CaseResult(
-            case_id=case.id,
-            model=case.model.name,
-            technique=case.technique,
-            backend=case.backend,
-            batch_size=case.batch_size,
-            device=case.device,
-            runner=session.runner,
-            nodeid=nodeid,
+        self.result = CaseResult.for_case(case, session.runner, nodeid)
+        self.guard = CaseGuard(
+            case.id,
+            getattr(case.timing, "case_timeout_s", None),
+            on_step=lambda step: session.on_step(case.id, step),
+            on_hang=session.on_hang,
+            hint=self._fix,
         )
+
+    def _fix(self, step: str) -> str | None:
+        """The matrix change that leaves out a combination whose conversion failed."""
+        model, where = self.case.model.name, self.session.matrix.path
+        if step == "transform":
+            return f'if {self.case.technique} cannot apply to {model}, leave it out: [models.{model}] exclude = ["{self.case.technique}"] in {where}'  # fmt: skip
+        if step in CONVERSION_STEPS and self.case.backend != "torch_cpu":
+            return f'if {model} cannot run on {self.case.backend}, leave it out: [models.{model}] exclude = ["{self.case.backend}"] in {where}'  # fmt: skip
+        return None
 
     def build(self) -> None:
         """Transform, convert and load the variant, then time its first inference."""
         self.memory.start()
-        self.model = self.session.model(self.case.model)
+        with self.guard.step("model"):
+            self.model = self.session.model(self.case.model)
         model = self.model
         options = self.case.technique_options
         ctx = TransformContext(
             model.name, model.key, model.data, self.session.cache, options, self.session.progress
         )
-        try:
-            transformed = self.technique.transform(model.module, ctx)
-        except NotApplicable as exc:
-            pytest.skip(f"{self.case.id}: {exc}")
+        with self.guard.step("transform"):
+            try:
+                transformed = self.technique.transform(model.module, ctx)
+            except NotApplicable as exc:
+                pytest.skip(f"{self.case.id}: {exc}")
         described = self.technique.describe(transformed, model.module)
         extra_key = self.technique.transform_key(options)
         self.request = BuildRequest(
@@ -98,14 +113,16 @@ class CaseRun:
             export_tolerance=self._export_tolerance(),
         )
         self.session.progress(f"{self.case.id}: building")
-        self.artifact = self.backend.build(self.request)
-        self.result.build_s = self.artifact.build_s
-        self.result.build_cached = self.artifact.cached
-        self.result.artifact_bytes = self.artifact.size_bytes
-        self._effect = self._measure_effect()
-        start = time.perf_counter()
-        self.runtime = self.backend.load(self.artifact, self.request, self._run_settings())
-        self.result.load_s = time.perf_counter() - start
+        with self.guard.step("building"):
+            self.artifact = self.backend.build(self.request)
+            self.result.build_s = self.artifact.build_s
+            self.result.build_cached = self.artifact.cached
+            self.result.artifact_bytes = self.artifact.size_bytes
+            self._effect = self._measure_effect()
+        with self.guard.step("loading"):
+            start = time.perf_counter()
+            self.runtime = self.backend.load(self.artifact, self.request, self._run_settings())
+            self.result.load_s = time.perf_counter() - start
         self.result.settings = {
             **self.result.settings,
             **self.runtime.settings,
@@ -114,11 +131,12 @@ class CaseRun:
         }
         if "calibration" in options:
             self.result.settings["calibration_source"] = model.data.calibration_source
-        self.runtime.bind(model.data.example(self.case.batch_size))
-        start = time.perf_counter()
-        self.runtime.run()
-        self.runtime.synchronize()
-        self.result.first_inference_s = time.perf_counter() - start
+        with self.guard.step("first inference"):
+            self.runtime.bind(model.data.example(self.case.batch_size))
+            start = time.perf_counter()
+            self.runtime.run()
+            self.runtime.synchronize()
+            self.result.first_inference_s = time.perf_counter() - start
 
     def _export_tolerance(self) -> Any:
         from perfgate.export import ExportTolerance
@@ -152,6 +170,10 @@ class CaseRun:
 
     def check_accuracy(self) -> None:
         """The accuracy pass over the whole eval set, then the accuracy gates."""
+        with self.guard.step("accuracy"):
+            self._check_accuracy()
+
+    def _check_accuracy(self) -> None:
         assert self.model is not None and self.runtime is not None
         data = self.model.data
         reference = self.session.reference_outputs(self.model)
@@ -186,19 +208,39 @@ class CaseRun:
         baseline = cached_baseline(baseline_path(self.session.baseline_root, self.session.runner))
         return baseline.cases.get(self.case.id) if baseline else None
 
-    def time(self, benchmark: Any) -> None:
-        """Warm up and time the steady state through pytest-benchmark."""
+    def time(self, benchmark: Any | None) -> None:
+        """Warm up and time the steady state through pytest-benchmark.
+
+        :param benchmark: pytest-benchmark's fixture; ``None`` in a ``--perf-isolate`` child, which
+            times by the same stopping rule itself and hands the samples to the parent's fixture.
+        """
+        with self.guard.step("timing"):
+            self._time(benchmark)
+
+    def _time(self, benchmark: Any | None) -> None:
         assert self.runtime is not None and self.model is not None
         self.session.progress(f"{self.case.id}: timing")
         self.runtime.bind(self.model.data.example(self.case.batch_size))
         self._benchmark = benchmark
-        benchmark.group = self.case.model.name
-        benchmark.extra_info.update(perfgate_case=self.case.id, settings=self.result.settings)
+        if benchmark is not None:
+            benchmark.group = self.case.model.name
+            benchmark.extra_info.update(perfgate_case=self.case.id, settings=self.result.settings)
         device_timer = getattr(self.runtime, "device_timer", None)  # optional: GPU sessions have one
         step = self._step = timed_step(
             self.runtime.run, self.runtime.synchronize, self.runtime.needs_sync, device_timer
         )
-        timing = measure(benchmark, step, self.case.timing)
+        concurrent = self.session.concurrent_runs()
+        if benchmark is not None:
+            timing = measure(benchmark, step, self.case.timing)
+        elif self.timing_enabled:
+            timing = _measure_directly(step, self.case.timing)
+        else:
+            step()
+            timing = None
+        concurrent += [run for run in self.session.concurrent_runs() if run not in concurrent]
+        if concurrent:
+            # Another perfgate run timed on this machine meanwhile: both measured each other.
+            self.result.settings["concurrent_runs"] = concurrent
         self.result.peak_rss_mb = self.memory.peak_mb()
         if self.case.device == "cuda":
             self.result.settings.update(gpu_peak_memory())
@@ -216,6 +258,11 @@ class CaseRun:
         self.result.latency = LatencyStats.from_samples(samples, per_call)
 
     def check_regression(self) -> None:
+        """Time the reference workload, then judge the case against its baseline (see ``_check_regression``)."""
+        with self.guard.step("regression"):
+            self._check_regression()
+
+    def _check_regression(self) -> None:
         """Time the reference workload next to the case, then judge it against this runner's baseline.
 
         The reference is timed whenever the case was, so that a refresh stores it; the gate runs
@@ -270,14 +317,10 @@ class CaseRun:
         self._record_samples(samples)
         self.result.settings[REFERENCE_SETTING] = reference_us
         self.result.settings["confirmed_measurement"] = True
-        if self._benchmark is not None and self._benchmark.stats is not None:
-            # pytest-benchmark's own table and --benchmark-json show the same measurement.
-            fresh = type(self._benchmark.stats.stats)()
-            for sample in samples:
-                fresh.update(sample)
-            self._benchmark.stats.stats = fresh
+        show_in_benchmark(self._benchmark, samples)
 
     def close(self) -> None:
+        self.guard.stop()
         if self.runtime is not None:
             self.runtime.close()
             self.runtime = None
@@ -288,6 +331,35 @@ class CaseRun:
             self.result.status = "failed"
             lines = "\n".join(f"  {v.gate}: {v.message}" for v in failed)
             pytest.fail(f"{self.case.id}: {what} failed\n{lines}", pytrace=False)
+
+
+def show_in_benchmark(benchmark: Any, samples: list[float]) -> None:
+    """Make pytest-benchmark's table and ``--benchmark-json`` show ``samples`` as the case's timing.
+
+    For a measurement taken outside its fixture: a confirmation run, or a ``--perf-isolate`` child.
+    """
+    if benchmark is None or not samples:
+        return
+    if benchmark.stats is None:
+        benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # creates the stats to replace
+    fresh = type(benchmark.stats.stats)()
+    for sample in samples:
+        fresh.update(sample)
+    benchmark.stats.stats = fresh
+
+
+def _measure_directly(step: Any, policy: Any) -> Any:
+    """Warm up and time ``step`` by pytest-benchmark's loop and perfgate's stopping rule, without it."""
+    from perfgate.timing import Timing
+
+    warm = warm_up(step, policy)
+    timer = time.perf_counter
+    samples = []
+    for _ in range(plan_rounds(warm, policy)):
+        start = timer()
+        step()
+        samples.append(timer() - start)
+    return Timing(samples_s=samples, warmup_rounds=len(warm))
 
 
 def _incomparable(baseline: BaselineCase, samples: list[float], reasons: list[str]) -> Verdict:

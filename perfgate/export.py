@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,15 +60,17 @@ def export_onnx(request: BuildRequest) -> CacheHit:
         example = torch.from_numpy(request.data.example(1))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter, not ours to fix
-            torch.onnx.export(
-                request.model,
-                (example,),
-                str(path),
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            _export_noting(
+                lambda: torch.onnx.export(
+                    request.model,
+                    (example,),
+                    str(path),
+                    dynamo=False,
+                    opset_version=OPSET,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                )
             )
         report = validate_export(request.model, path, request.data.eval_inputs, tolerance)
         path.with_suffix(".validation.json").write_text(json.dumps(report, indent=1, sort_keys=True))
@@ -81,6 +86,28 @@ def export_onnx(request: BuildRequest) -> CacheHit:
             raise ExportMismatchError(mismatch_message(request.case_id, report))
 
     return request.cache.get_or_build("onnx", key, "model.onnx", build)
+
+
+def _export_noting(export: Any) -> None:
+    """Run ``export`` with its standard output held back (on failure the exporter prints its whole
+    IR graph, from C++); if it fails, the output is attached to the error, which the report shows."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 1)
+        try:
+            export()
+        except Exception as exc:
+            sys.stdout.flush()
+            held.seek(0)
+            printed = held.read().decode(errors="replace").strip()
+            if printed:
+                exc.add_note(printed)
+            raise
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def validate_export(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from perfgate.baselines import (
 )
 from perfgate.cache import ArtifactCache
 from perfgate.drift import Drift, baseline_drift
+from perfgate.guard import CaseError, CaseTimeout
 from perfgate.matrix import ALL_PROFILES, MatrixError, load_matrix
 from perfgate.report import regression_lines, terminal_lines, write_report
 from perfgate.results import CaseResult
@@ -32,8 +37,26 @@ SESSION = pytest.StashKey["PerfgateSession | None"]()
 COLLECTED = pytest.StashKey[list[CaseResult]]()
 RUNNER = pytest.StashKey[str]()
 COMPARE = pytest.StashKey[bool]()  # --benchmark-compare was given: perfgate's gate is on
-CALL_OUTCOME = pytest.StashKey[tuple[str, str | None]]()
+CALL_OUTCOME = pytest.StashKey[tuple[str, str | None, str | None]]()  # status, error, details
 RESULT_PROPERTY = "perfgate_result"
+
+
+@dataclass
+class RunState:
+    """What this run keeps beside the cases: its journal, its entry in the machine-wide registry
+    of perfgate runs, its isolation child, and what it found of an earlier run that died."""
+
+    run_id: str
+    journal: Any = None  # perfgate.journal.RunJournal, opened when the first case starts
+    registry: Any = None  # perfgate.concurrency.RunRegistry
+    worker: Any = None  # perfgate.isolation.CaseWorker under --perf-isolate
+    lost: list[Any] = field(default_factory=list)  # perfgate.journal.LostRun
+    current: Any = None  # the CaseRun running now, for a hang's record
+    finished: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+STATE = pytest.StashKey[RunState]()
 
 MARKERS = {
     "cpu": "runs on the CPU",
@@ -101,6 +124,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="under --benchmark-compare, fail a case that has no baseline instead of reporting it as new (default: off)",
     )
+    group.addoption(
+        "--perf-isolate",
+        action="store_true",
+        help="run each case in a child process, so that a crash or a hang fails only that case (default: off; docs/failure-handling.md)",
+    )
+    group.addoption("--perf-serve", metavar="FDS", help=argparse.SUPPRESS)  # an isolation child's pipes
     group.addoption("--perf-report", metavar="DIR", help="write results.json, report.md and a Pareto plot per model (pareto-MODEL.png/.svg, needs matplotlib) into DIR (default: no report)")  # fmt: skip
     parser.addini("perf_matrix", "perfgate matrix file, relative to the rootdir", default="perf/matrix.toml")
     parser.addini("perf_baselines", "perfgate baselines folder, relative to the rootdir", default="baselines")
@@ -132,6 +161,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {description}")
     config.stash[COLLECTED] = []
     config.stash[SESSION] = None
+    from perfgate.concurrency import RUN_ID_ENV
+    from perfgate.journal import new_run_id
+
+    config.stash[STATE] = RunState(run_id=os.environ.get(RUN_ID_ENV) if _serving(config) else new_run_id())
     config.pluginmanager.register(ResultCollector(config), "perfgate-results")
     runner = config.stash[RUNNER] = _runner_id(config)
     config.stash[COMPARE] = bool(config.getoption("benchmark_compare", None))
@@ -149,8 +182,18 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
 
 
+def _serving(config: pytest.Config) -> bool:
+    """This process is a ``--perf-isolate`` child: it serves cases and writes nothing of its own."""
+    return bool(config.getoption("perf_serve", None))
+
+
 def _check_options(config: pytest.Config) -> None:
     """Refuse the option combinations under which a verdict or a refresh would mean nothing."""
+    if config.getoption("perf_isolate") and config.getoption("numprocesses", None):
+        raise pytest.UsageError(
+            "--perf-isolate and -n (pytest-xdist) both run cases in other processes: pick one "
+            "(xdist already survives a crashed worker, but disables timing)"
+        )
     if config.getoption("perf_refresh_changed"):
         if not config.stash[COMPARE]:
             raise pytest.UsageError("--perf-refresh-changed needs --benchmark-compare: it refreshes what the gate judged")  # fmt: skip
@@ -201,16 +244,88 @@ def perfgate_session(config: pytest.Config) -> PerfgateSession:
             matrix = load_matrix(matrix_path, profile)
         except MatrixError as exc:
             raise pytest.UsageError(str(exc)) from None
-        cache_dir = config.getoption("perf_cache") or os.environ.get("PERFGATE_CACHE") or ".perfgate_cache"
         session = config.stash[SESSION] = PerfgateSession(
             matrix=matrix,
             hardware=hw.detect(),
             runner=config.stash[RUNNER],
-            cache=ArtifactCache(_rooted(config, cache_dir)),
+            cache=ArtifactCache(_cache_dir(config)),
             baseline_root=_baseline_root(config),
             progress=lambda line: _progress(config, line),
+            on_step=lambda case_id, step: _journal(config, "step", case_id=case_id, step=step),
+            on_hang=lambda message: _on_hang(config, message),
+            concurrent_runs=lambda: _concurrent_runs(config),
         )
     return session
+
+
+def _cache_dir(config: pytest.Config) -> Path:
+    return _rooted(
+        config, config.getoption("perf_cache") or os.environ.get("PERFGATE_CACHE") or ".perfgate_cache"
+    )
+
+
+def _timing_here(config: pytest.Config) -> bool:
+    """This process times cases: not an xdist worker or a run with timing disabled."""
+    return _timing_disabled(config) is None
+
+
+def _start_run(config: pytest.Config) -> RunState:
+    """Open the run journal and join the machine-wide registry, once, when the first case starts.
+
+    Reads the journals of earlier runs first: one that died is reported in this run's summary.
+    """
+    state = config.stash[STATE]
+    if state.journal is not None or _serving(config) or _is_worker(config):
+        return state
+    from perfgate.concurrency import RunRegistry
+    from perfgate.journal import RunJournal, lost_runs
+
+    folder = _cache_dir(config) / "runs"
+    state.lost = lost_runs(folder)
+    for lost in state.lost:
+        _progress(config, f"warning: {lost.line()}")
+    header = {"runner": config.stash[RUNNER], "args": list(config.invocation_params.args), "cwd": str(config.invocation_params.dir)}  # fmt: skip
+    state.journal = RunJournal(folder, state.run_id, header)
+    if _timing_here(config):
+        state.registry = RunRegistry(state.run_id, {"cwd": header["cwd"], "started": state.run_id})
+    return state
+
+
+def _journal(config: pytest.Config, event: str, **fields: Any) -> None:
+    journal = config.stash[STATE].journal
+    if journal is not None:
+        journal.write(event, **fields)
+
+
+def _concurrent_runs(config: pytest.Config) -> list[dict[str, Any]]:
+    state = config.stash[STATE]
+    if _serving(config) and state.registry is None:
+        from perfgate.concurrency import RunRegistry
+
+        state.registry = RunRegistry(state.run_id, {}, register=False)  # the parent is registered
+    return state.registry.others() if state.registry is not None else []
+
+
+def _on_hang(config: pytest.Config, message: str) -> None:
+    """A case is stuck in native code past its limit: record it, write what finished, and exit.
+
+    Runs in the guard's watchdog thread; the main thread is blocked in the library call.
+    """
+    state = config.stash[STATE]
+    run = state.current
+    if run is not None:
+        run.result.status, run.result.error = "error", message
+        config.stash[COLLECTED].append(run.result)
+        _journal(config, "result", result=run.result.to_dict())
+    _progress(config, f"{message}; writing the finished cases' results and exiting. Run with --perf-isolate to have a hang cost only its case (docs/failure-handling.md)")  # fmt: skip
+    with contextlib.suppress(Exception):
+        _finish(config, int(pytest.ExitCode.TESTS_FAILED))
+    with contextlib.suppress(Exception):
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            pytest_terminal_summary(reporter, 1, config)
+    os._exit(int(pytest.ExitCode.TESTS_FAILED))
 
 
 def _progress(config: pytest.Config, line: str) -> None:
@@ -241,7 +356,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     from perfgate.backends import BACKENDS
     from perfgate.techniques import TECHNIQUES
 
-    session = perfgate_session(metafunc.config)
+    try:
+        session = perfgate_session(metafunc.config)
+    except pytest.UsageError as exc:
+        # A collection error shows this message alone; a UsageError raised here would come
+        # after some twenty lines of pluggy's traceback.
+        raise pytest.Collector.CollectError(f"perfgate: {exc}") from None
     params = []
     for case in session.matrix.cases:
         marks = [getattr(pytest.mark, marker) for marker in case.markers]
@@ -260,31 +380,75 @@ def perf_case(request: pytest.FixtureRequest) -> Iterator[Any]:
 
     Call ``build()``, ``check_accuracy()``, ``time(benchmark)`` and ``check_regression()`` in turn.
     """
-    from perfgate.execution import CaseRun
-
     session = perfgate_session(request.config)
     config = request.config
-    run = CaseRun(
-        request.param,
-        session,
-        request.node.nodeid,
-        compare=config.stash[COMPARE],
-        require_baseline=config.getoption("perf_require_baseline"),
-    )
+    state = _start_run(config)
+    if config.getoption("perf_isolate"):
+        run = _isolated_run(config, state, request.param, request.node.nodeid)
+    else:
+        from perfgate.execution import CaseRun
+
+        run = CaseRun(
+            request.param,
+            session,
+            request.node.nodeid,
+            compare=config.stash[COMPARE],
+            require_baseline=config.getoption("perf_require_baseline"),
+        )
+    state.current = run
     try:
         yield run
     finally:
         run.close()
+        state.current = None
         _record(request, run)
+
+
+def _isolated_run(config: pytest.Config, state: RunState, case: Any, nodeid: str) -> Any:
+    """The parent's handle on a case that runs in the isolation child (started on first use)."""
+    from perfgate.concurrency import RUN_ID_ENV
+    from perfgate.isolation import CaseWorker, IsolatedCaseRun, child_args
+
+    if state.worker is None:
+        options = {
+            "perf-matrix": str(_matrix_path(config)),
+            "perf-runner": config.stash[RUNNER],
+            "perf-profile": config.getoption("perf_profile"),
+            "perf-baselines": str(_baseline_root(config)),
+            "perf-cache": str(_cache_dir(config)),
+        }
+        env = {**os.environ, RUN_ID_ENV: state.run_id}
+        state.worker = CaseWorker(
+            child_args(config, options),
+            config.invocation_params.dir,
+            env,
+            _cache_dir(config) / "runs",
+            state.run_id,
+        )
+    session = config.stash[SESSION]
+    return IsolatedCaseRun(
+        case,
+        state.worker,
+        nodeid,
+        config.stash[RUNNER],
+        compare=config.stash[COMPARE],
+        require_baseline=config.getoption("perf_require_baseline"),
+        on_step=lambda step: (
+            session.progress(f"{case.id}: {step}"),
+            _journal(config, "step", case_id=case.id, step=step),
+        ),
+    )
 
 
 def _record(request: pytest.FixtureRequest, run: Any) -> None:
     """Attach the case's result to the test report (pytest-xdist ships it to the controller)."""
-    outcome, error = request.node.stash.get(CALL_OUTCOME, ("error", "the test did not run to its end"))
+    outcome, error, details = request.node.stash.get(
+        CALL_OUTCOME, ("error", "the test did not run to its end", None)
+    )
     if outcome == "skipped":
         return
-    if outcome == "error":
-        run.result.status, run.result.error = "error", error
+    if outcome in ("error", "crashed"):
+        run.result.status, run.result.error, run.result.details = outcome, error, details
     request.node.user_properties.append((RESULT_PROPERTY, json.dumps(run.result.to_dict())))
 
 
@@ -317,13 +481,27 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
     report = yield
     if call.when == "call" and "perf_case" in getattr(item, "fixturenames", ()):
+        excinfo = call.excinfo
         if report.passed or report.skipped:
-            item.stash[CALL_OUTCOME] = (report.outcome, None)
-        elif call.excinfo is not None and call.excinfo.errisinstance(pytest.fail.Exception):
-            item.stash[CALL_OUTCOME] = ("failed", None)
+            item.stash[CALL_OUTCOME] = (report.outcome, None, None)
+        elif excinfo is not None and excinfo.errisinstance(pytest.fail.Exception):
+            item.stash[CALL_OUTCOME] = ("failed", None, None)
+        elif excinfo is not None and excinfo.errisinstance((CaseError, CaseTimeout)):
+            # One line on the terminal (case, step, the library's own error, the fix); the full
+            # traceback goes to the report.
+            message = str(excinfo.value)
+            status = getattr(excinfo.value, "status", "error")
+            item.stash[CALL_OUTCOME] = (
+                status,
+                message.splitlines()[0],
+                getattr(excinfo.value, "details", None),
+            )
+            if not item.config.getoption("fulltrace"):
+                report.longrepr = message
         else:
-            error = call.excinfo.exconly().strip().splitlines()[-1] if call.excinfo else report.outcome
-            item.stash[CALL_OUTCOME] = ("error", error)
+            error = excinfo.exconly().strip().splitlines()[-1] if excinfo else report.outcome
+            details = str(report.longrepr) if report.longrepr else None
+            item.stash[CALL_OUTCOME] = ("error", error, details)
     return report
 
 
@@ -334,36 +512,198 @@ class ResultCollector:
         self.config = config
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when not in ("setup", "call", "teardown") and report.failed:
+            self._crashed(report)  # pytest-xdist's report of a worker that died running the test
+            return
         if report.when != "teardown":
             return
         for name, value in report.user_properties:
             if name == RESULT_PROPERTY:
-                result = CaseResult.from_dict(json.loads(value))
-                self.config.stash[COLLECTED].append(result)
-                self.config.hook.pytest_perfgate_case_result(config=self.config, result=result)
+                self._add(CaseResult.from_dict(json.loads(value)))
+
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        _journal(self.config, "case", nodeid=nodeid, case_id=_case_id(nodeid))
+
+    def _add(self, result: CaseResult) -> None:
+        if _is_worker(self.config) or _serving(self.config):
+            return
+        state = _start_run(self.config)
+        if state.finished:
+            return
+        self.config.stash[COLLECTED].append(result)
+        _journal(self.config, "result", result=result.to_dict())
+        self.config.hook.pytest_perfgate_case_result(config=self.config, result=result)
+
+    def _crashed(self, report: pytest.TestReport) -> None:
+        """A case whose process died: a result with status ``crashed``, so the report counts it."""
+        case_id = _case_id(report.nodeid)
+        if case_id is None or not _matrix_path(self.config).is_file():
+            return
+        case = _matrix_case(self.config, case_id)
+        if case is None:
+            return
+        result = CaseResult.for_case(case, self.config.stash[RUNNER], report.nodeid)
+        result.status, result.error = "crashed", f"{case_id}: {report.longreprtext.strip().splitlines()[-1]}"
+        self._add(result)
+
+
+def _case_id(nodeid: str) -> str | None:
+    """The case id in a parametrized node id (``test_case[<case id>]``), or ``None``."""
+    if not nodeid.endswith("]") or "[" not in nodeid:
+        return None
+    return nodeid[nodeid.index("[") + 1 : -1]
+
+
+def _matrix_case(config: pytest.Config, case_id: str) -> Any:
+    """The case called ``case_id`` in this run's matrix (the controller of xdist never loads it)."""
+    session = config.stash.get(SESSION, None)
+    try:
+        matrix = session.matrix if session else load_matrix(_matrix_path(config), ALL_PROFILES)
+    except MatrixError:
+        return None
+    return next((c for c in matrix.cases if c.id == case_id), None)
 
 
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    """In a ``--perf-isolate`` child: serve the parent's cases instead of running tests."""
+    config = session.config
+    if not _serving(config):
+        return None
+    from perfgate.execution import CaseRun
+    from perfgate.isolation import serve
+
+    state = perfgate_session(config)
+    cases = {case.id: case for case in state.matrix.cases}
+
+    def make_run(request: dict[str, Any]) -> CaseRun:
+        return CaseRun(
+            cases[request["case_id"]],
+            state,
+            request["nodeid"],
+            compare=request["compare"],
+            require_baseline=request["require_baseline"],
+        )
+
+    serve(config, config.getoption("perf_serve"), make_run)
+    return True
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's: the child must be gone when it saves
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    if _is_worker(config):
+    if _is_worker(config) or _serving(config):
         return
-    results = config.stash[COLLECTED]
-    # Drift is judged against the baseline as it was before this run's refresh rewrites it.
-    drift = config.stash[DRIFT] = _drift(config, results)
-    if config.getoption("perf_refresh_baselines") and results:
-        _refresh(config, results)
-    if config.getoption("perf_report") and results:
-        meta: dict[str, Any] = {"runner": config.stash[RUNNER], "machine": hw.detect().to_dict()}
-        if drift is not None:
-            meta["drift"] = [d.__dict__ for d in drift]
-        write_report(_rooted(config, config.getoption("perf_report")), results, meta)
+    state = config.stash[STATE]
+    if state.worker is not None:
+        state.worker.close()
+    if _finish(config, exitstatus) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = (
+            pytest.ExitCode.TESTS_FAILED
+        )  # a refresh or a report that was asked for is missing
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and config.getoption("markexpr"):
         session.exitstatus = pytest.ExitCode.OK
         config.stash[NOTHING_SELECTED] = True
+
+
+def _finish(config: pytest.Config, exitstatus: int) -> list[str]:
+    """Write the baselines and the report, each on its own, then close the journal. Runs once.
+
+    A failure of one (a full disk, a report folder that cannot be created) does not stop the
+    other; each failure is one line naming the path, shown in the summary.
+    :returns: those lines.
+    """
+    state = config.stash[STATE]
+    with state.lock:
+        if state.finished:
+            return []
+        state.finished = True
+    results = list(config.stash[COLLECTED])
+    errors: list[str] = []
+    drift = None
+    try:
+        # Drift is judged against the baseline as it was before this run's refresh rewrites it.
+        drift = _drift(config, results)
+    except (OSError, BaselineError) as exc:
+        errors.append(f"environment drift not checked: {exc}")
+    config.stash[DRIFT] = drift
+    if config.getoption("perf_refresh_baselines") and results:
+        try:
+            _refresh(config, results)
+        except (OSError, BaselineError) as exc:
+            path = baseline_path(_baseline_root(config), config.stash[RUNNER])
+            errors.append(f"baselines NOT refreshed: writing {path} failed: {exc}; the file is unchanged")
+    if config.getoption("perf_report") and results:
+        directory = _rooted(config, config.getoption("perf_report"))
+        try:
+            write_report(directory, results, _report_meta(config, drift))
+        except OSError as exc:
+            errors.append(f"report NOT written: {directory}: {exc}")
+    if state.journal is not None:
+        state.journal.close(exitstatus)
+    if state.registry is not None:
+        state.registry.close()
+    config.stash[WRITE_ERRORS] = errors
+    return errors
+
+
+def _report_meta(config: pytest.Config, drift: list[Drift] | None) -> dict[str, Any]:
+    state = config.stash[STATE]
+    meta: dict[str, Any] = {
+        "runner": config.stash[RUNNER],
+        "machine": hw.detect().to_dict(),
+        "run_id": state.run_id,
+    }
+    if drift is not None:
+        meta["drift"] = [d.__dict__ for d in drift]
+    if state.journal is not None:
+        meta["journal"] = str(state.journal.path)
+    if state.lost:
+        meta["lost_runs"] = [lost.to_dict() for lost in state.lost]
+    if concurrent := _concurrent_summary(config.stash[COLLECTED]):
+        meta["concurrent_runs"] = concurrent
+    return meta
+
+
+def _concurrent_summary(results: list[CaseResult]) -> dict[str, Any] | None:
+    """The other perfgate runs seen while cases were timed, and which cases they overlapped."""
+    runs: dict[str, dict[str, Any]] = {}
+    cases = []
+    for result in results:
+        seen = result.settings.get("concurrent_runs") or []
+        if seen:
+            cases.append(result.case_id)
+        for run in seen:
+            runs[str(run.get("run_id"))] = run
+    return {"runs": list(runs.values()), "cases": cases} if cases else None
+
+
+WRITE_ERRORS = pytest.StashKey[list[str]]()
+
+
+def _warning_lines(config: pytest.Config) -> list[str]:
+    """What the run must not hide: a write that failed, a run that died, runs that overlapped."""
+    from perfgate.concurrency import describe
+
+    lines = [f"perfgate: ERROR: {error}" for error in config.stash.get(WRITE_ERRORS, [])]
+    state = config.stash.get(STATE, None)
+    if state is not None:
+        lines += [f"perfgate: warning: {lost.line()}" for lost in state.lost]
+    concurrent = _concurrent_summary(config.stash.get(COLLECTED, []))
+    if concurrent:
+        lines.append(
+            f"perfgate: warning: {len(concurrent['cases'])} case(s) were timed while another perfgate run was "
+            f"running on this machine ({describe(concurrent['runs'])}): the two measured each other, so their "
+            "latencies and verdicts are unreliable; re-run them alone"
+        )
+    crashed = [r.case_id for r in config.stash.get(COLLECTED, []) if r.status == "crashed"]
+    if crashed:
+        lines.append(f"perfgate: {len(crashed)} case(s) crashed their process: {', '.join(crashed)}")
+    return lines
 
 
 NOTHING_SELECTED = pytest.StashKey[bool]()
@@ -411,6 +751,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(f"runner: {config.stash[RUNNER]}")
     for line in config.stash.get(REFRESH_LINES, []):
         terminalreporter.write_line(line)
+    for line in _warning_lines(config):
+        terminalreporter.write_line(line, yellow=True, bold=True)
     if config.stash.get(NOTHING_SELECTED, False):
         reason = hw.cuda_missing_reason() or "the matrix has no case that matches"
         terminalreporter.write_line(

@@ -16,7 +16,7 @@ from perfgate.cache import atomic_write_text
 from perfgate.gates import Verdict
 from perfgate.jsonio import write_json
 from perfgate.pareto import pareto_front
-from perfgate.results import RESULTS_SCHEMA_VERSION, CaseResult, ResultsDocument
+from perfgate.results import RESULTS_SCHEMA_VERSION, UNFINISHED, CaseResult, ResultsDocument
 
 REFERENCE = ("fp32", "torch_cpu")  # the speedup column is over this technique and backend
 COLUMNS = ("case", "p50 ms", "p99 ms", "thr/s", "acc", "Δacc", "size", "speedup", "pareto", "verdict")
@@ -96,7 +96,7 @@ class Score:
 
     def front(self, cases: Sequence[CaseResult]) -> dict[str, bool]:
         """case id -> on the Pareto frontier, for the timed and scored cases that did not crash."""
-        usable = [r for r in cases if r.latency and self.value(r) is not None and r.status != "error"]
+        usable = [r for r in cases if r.latency and self.value(r) is not None and r.status not in UNFINISHED]
         points = [(r.latency.p50_ms, self.value(r)) for r in usable]  # type: ignore[union-attr]
         flags = pareto_front(points, higher_is_better=self.higher_is_better)  # type: ignore[arg-type]
         return dict(zip([r.case_id for r in usable], flags, strict=True))
@@ -153,8 +153,8 @@ def _effect_why(verdict: Verdict) -> str:
 
 
 def verdict_word(result: CaseResult) -> str:
-    if result.status == "error":
-        return "ERROR"
+    if result.status in UNFINISHED:
+        return result.status.upper()
     failed = ["incomparable" if is_incomparable(v) else v.gate for v in result.verdicts if v.failed]
     if failed:
         return "FAIL " + ",".join(failed)
@@ -380,8 +380,10 @@ def failure_rows(documents: Sequence[ResultsDocument]) -> list[list[str]]:
                 if v.failed:
                     rank, gate = _failure_rank(v)
                     rows.append((rank, doc.runner, r.case_id, gate, v.message))
-            if r.status == "error":
-                rows.append((4, doc.runner, r.case_id, "error", r.error or "the case did not run to its end"))
+            if r.status in UNFINISHED:
+                rows.append(
+                    (4, doc.runner, r.case_id, r.status, r.error or "the case did not run to its end")
+                )
     return [[f"`{case}`", runner, gate, _md(message)] for _, runner, case, gate, message in sorted(rows)]
 
 
@@ -390,7 +392,36 @@ def _failures_section(documents: Sequence[ResultsDocument]) -> list[str]:
     lines = ["## Regressions and accuracy failures", ""]
     if not rows:
         return [*lines, "None: every case kept its accuracy, and no compared case regressed.", ""]
-    return [*lines, *markdown_table(("case", "runner", "gate", "why"), rows), ""]
+    return [
+        *lines,
+        *markdown_table(("case", "runner", "gate", "why"), rows),
+        "",
+        *_details_section(documents),
+    ]
+
+
+def _details_section(documents: Sequence[ResultsDocument]) -> list[str]:
+    """The full traceback of each error and the log tail of each crash, which the terminal leaves out."""
+    lines = []
+    for doc in documents:
+        for r in doc.cases:
+            if r.details:
+                lines += [f"<details><summary><code>{r.case_id}</code>: {r.status}</summary>", "", "```", r.details.rstrip(), "```", "", "</details>", ""]  # fmt: skip
+    return ["### Errors in full", "", *lines] if lines else []
+
+
+def _run_notes(documents: Sequence[ResultsDocument]) -> list[str]:
+    """Runs that died before this one, and perfgate runs that overlapped it on the machine."""
+    lines = []
+    for doc in documents:
+        for lost in doc.meta.get("lost_runs") or []:
+            case = f"while `{lost.get('running_case')}` was running (step: {lost.get('running_step')})" if lost.get("running_case") else "between cases"  # fmt: skip
+            lines.append(f"- A previous run (started {lost.get('started')}) ended without finishing, {case}; its finished cases are in `{lost.get('journal')}`.")  # fmt: skip
+        concurrent = doc.meta.get("concurrent_runs") or {}
+        if concurrent.get("cases"):
+            pids = ", ".join(str(r.get("pid")) for r in concurrent.get("runs", []))
+            lines.append(f"- **{len(concurrent['cases'])} case(s) were timed while another perfgate run (pid {pids}) was running on this machine**: their latencies and verdicts are unreliable, and a refresh kept them out of the baseline.")  # fmt: skip
+    return ["## Run warnings", "", *lines, ""] if lines else []
 
 
 def comparison_rows(results: Sequence[CaseResult]) -> list[list[str]]:
@@ -669,13 +700,14 @@ def _drift_section(documents: Sequence[ResultsDocument]) -> list[str]:
 def _summary_line(documents: Sequence[ResultsDocument]) -> str:
     """Cases by status; those whose baseline could not be compared are counted apart as well."""
     cases = [r for doc in documents for r in doc.cases]
-    counts = {s: sum(r.status == s for r in cases) for s in ("passed", "failed", "error")}
+    counts = {s: sum(r.status == s for r in cases) for s in ("passed", "failed", "error", "crashed")}
     generated = sorted({str(doc.meta.get("generated", "")) for doc in documents} - {""})
     tail = f"; generated {generated[-1]}" if generated else ""
     passed, failed, errors = counts["passed"], counts["failed"], counts["error"]
     incomparable = sum(is_incomparable(r.verdict("regression")) for r in cases)
     apart = f"; {incomparable} incomparable with their baseline" if incomparable else ""
-    return f"{len(cases)} cases: {passed} passed, {failed} failed, {errors} errors{apart}{tail}."
+    crashed = f", {counts['crashed']} crashed" if counts["crashed"] else ""
+    return f"{len(cases)} cases: {passed} passed, {failed} failed, {errors} errors{crashed}{apart}{tail}."
 
 
 def report_markdown(
@@ -693,6 +725,7 @@ def report_markdown(
         _summary_line(documents),
         "",
     ]
+    lines += _run_notes(documents)
     lines += _failures_section(documents)
     if len(documents) > 1:
         lines += [

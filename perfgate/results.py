@@ -24,6 +24,11 @@ _NON_FINITE = {
 }
 
 
+# A case that did not run to a verdict: an error in a step (a timeout included), or a crash of the
+# process that ran it (--perf-isolate, pytest-xdist).
+UNFINISHED = ("error", "crashed")
+
+
 class ResultsError(RuntimeError):
     """A results file cannot be read; the message names the file and says why."""
 
@@ -40,7 +45,7 @@ class CaseResult:
     device: str
     runner: str
     nodeid: str = ""
-    status: str = "passed"  # passed | failed | error
+    status: str = "passed"  # passed | failed | error | crashed (see UNFINISHED)
     build_s: float | None = None
     build_cached: bool | None = None
     load_s: float | None = None
@@ -53,6 +58,22 @@ class CaseResult:
     samples_s: list[float] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
     error: str | None = None
+    # What the terminal leaves out: the full traceback of an error, the log tail of a crash.
+    details: str | None = None
+
+    @classmethod
+    def for_case(cls, case: Any, runner: str, nodeid: str) -> CaseResult:
+        """An empty result for ``case`` (a ``perfgate.matrix.Case``), filled in as the case runs."""
+        return cls(
+            case_id=case.id,
+            model=case.model.name,
+            technique=case.technique,
+            backend=case.backend,
+            batch_size=case.batch_size,
+            device=case.device,
+            runner=runner,
+            nodeid=nodeid,
+        )
 
     @property
     def accuracy_passed(self) -> bool:

@@ -66,6 +66,12 @@ class PerfgateSession:
     baseline_root: Path
     progress: Callable[[str], None]
     options: dict[str, Any] = field(default_factory=dict)
+    # The run journal's record of a case entering a step (case id, step name).
+    on_step: Callable[[str, str], None] = field(default=lambda case_id, step: None)
+    # Called from a watchdog thread when a case hangs in native code past its time limit.
+    on_hang: Callable[[str], None] | None = None
+    # Other perfgate runs timing on this machine right now (perfgate.concurrency).
+    concurrent_runs: Callable[[], list[dict[str, Any]]] = field(default=list)
     counter: MatrixProgress = field(default_factory=MatrixProgress)
     results: list[CaseResult] = field(default_factory=list)
     _models: dict[str, LoadedModel] = field(default_factory=dict)
