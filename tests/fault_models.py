@@ -13,7 +13,6 @@ import signal
 import time
 
 import torch
-
 from tiny_models import blobs, tiny_mlp  # noqa: F401  (the data loader the fault matrix names)
 
 # Forward calls before the fault: past the reference and the b1 accuracy pass (200 rows).

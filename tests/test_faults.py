@@ -282,14 +282,13 @@ def test_the_guard_interrupts_python_code_and_names_the_step() -> None:
     from perfgate.guard import CaseError, CaseGuard, CaseTimeout
 
     guard = CaseGuard("m-fp32-torch_cpu-b1", timeout_s=0.2)
-    with pytest.raises(CaseTimeout, match=r"m-fp32-torch_cpu-b1: timed out after 0.2 s in timing"):
-        with guard.step("timing"):
-            time.sleep(5)
+    expected = r"m-fp32-torch_cpu-b1: timed out after 0.2 s in timing"
+    with pytest.raises(CaseTimeout, match=expected), guard.step("timing"):
+        time.sleep(5)
     guard.stop()
     guard = CaseGuard("m", timeout_s=None, hint=lambda step: f"exclude it ({step})")
-    with pytest.raises(CaseError) as caught:
-        with guard.step("building"):
-            raise RuntimeError("Exporting the operator 'aten::fft_rfft' is not supported\nmore lines")
+    with pytest.raises(CaseError) as caught, guard.step("building"):
+        raise RuntimeError("Exporting the operator 'aten::fft_rfft' is not supported\nmore lines")
     assert str(caught.value) == (
         "m: building failed: RuntimeError: Exporting the operator 'aten::fft_rfft' is not supported\n"
         "  fix: exclude it (building)"
