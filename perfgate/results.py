@@ -156,6 +156,8 @@ def load_results(path: Path) -> ResultsDocument:
         the message names the file.
     """
     path = Path(path)
+    if path.name.endswith(".jsonl"):
+        return load_journal(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -183,3 +185,29 @@ def load_results(path: Path) -> ResultsDocument:
             name = raw.get("case_id", f"#{index}") if isinstance(raw, dict) else f"#{index}"
             raise ResultsError(f"results file {path}: case {name} is malformed ({exc})") from None
     return ResultsDocument(meta=data, cases=cases, path=path)
+
+
+def load_journal(path: Path) -> ResultsDocument:
+    """The finished cases of a run journal (``<cache>/runs/*.jsonl``): a run that died still renders.
+
+    :raises ResultsError: the file is missing or holds no run.
+    """
+    from perfgate.journal import finished_results, read_events
+
+    try:
+        events = read_events(path)
+    except OSError as exc:
+        raise ResultsError(f"journal {path} cannot be read ({exc})") from None
+    header = events[0] if events and events[0].get("event") == "run" else None
+    if header is None:
+        raise ResultsError(f"{path} is not a perfgate run journal (no run header)")
+    cases = []
+    for raw in finished_results(path):
+        try:
+            cases.append(case_from_json(raw))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ResultsError(
+                f"journal {path}: case {raw.get('case_id', '?')} is malformed ({exc})"
+            ) from None
+    meta = {"runner": header.get("runner"), "run_id": header.get("run_id"), "generated": header.get("started"), "journal": str(path)}  # fmt: skip
+    return ResultsDocument(meta=meta, cases=sorted(cases, key=lambda c: c.case_id), path=path)

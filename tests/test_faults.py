@@ -162,6 +162,12 @@ def test_without_isolation_a_crash_loses_only_its_case(fault_project, shared_cac
     )
     lost = json.loads((project.path / "out" / "results.json").read_text())["lost_runs"]
     assert lost[0]["running_case"] == "zbad-fp32-torch_cpu-b1"
+    # The dead run's finished cases render from its journal.
+    from perfgate.cli import main
+
+    assert main(["report", lost[0]["journal"], "-o", str(project.path / "lost"), "--no-plots"]) == 0
+    report = (project.path / "lost" / "report.md").read_text()
+    assert "1 cases: 1 passed" in report and "good-fp32-torch_cpu-b1" in report
 
 
 def test_xdist_reports_a_crashed_worker_case_as_crashed(fault_project, monkeypatch) -> None:
