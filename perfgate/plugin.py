@@ -522,7 +522,10 @@ class ResultCollector:
                 self._add(CaseResult.from_dict(json.loads(value)))
 
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
-        _journal(self.config, "case", nodeid=nodeid, case_id=_case_id(nodeid))
+        case_id = _case_id(nodeid)
+        if case_id is not None and self.config.stash[SESSION] is not None:
+            _start_run(self.config)  # before the first case's own start is recorded
+        _journal(self.config, "case", nodeid=nodeid, case_id=case_id)
 
     def _add(self, result: CaseResult) -> None:
         if _is_worker(self.config) or _serving(self.config):

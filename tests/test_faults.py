@@ -95,6 +95,11 @@ def test_a_hanging_model_times_out_and_the_session_goes_on(fault_project, monkey
 def test_isolation_turns_a_crash_into_that_case_failure(fault_project, factory: str, death: str) -> None:
     """Under --perf-isolate, os._exit and a segfault fail their case; the others keep everything."""
     project = fault_project(factory)
+    # The crashing model first, so the good case runs in the child that replaces the dead one.
+    matrix = project.path / "perf" / "matrix.toml"
+    text = matrix.read_text()
+    good = text[text.index("[models.good]") : text.index("[models.bad]")]
+    matrix.write_text(text.replace(good, "").replace("[techniques.fp32]", good + "[techniques.fp32]"))
     result = project.runpytest_subprocess(
         "perf", "--perf-isolate", "--perf-report", "out", "--perf-refresh-baselines", timeout=240
     )
@@ -137,8 +142,10 @@ def test_a_native_hang_in_process_writes_what_finished_and_exits(fault_project, 
     assert cases["bad-fp32-torch_cpu-b1"]["status"] == "error"
 
 
-def test_without_isolation_a_crash_loses_only_its_case(fault_project, shared_cache: Path) -> None:
+def test_without_isolation_a_crash_loses_only_its_case(fault_project, tmp_path: Path, monkeypatch) -> None:
     """os._exit kills the session; the journal holds the finished case, and the next run says what was lost."""
+    cache = tmp_path / "cache"  # its own: the lost run must not be reported to other tests' runs
+    monkeypatch.setenv("PERFGATE_CACHE", str(cache))
     project = fault_project("exiting_mlp")
     (project.path / "perf" / "matrix.toml").write_text(
         (project.path / "perf" / "matrix.toml")
@@ -148,7 +155,7 @@ def test_without_isolation_a_crash_loses_only_its_case(fault_project, shared_cac
     )
     crashed = project.runpytest_subprocess("perf", "-p", "no:randomly", timeout=240)
     assert crashed.ret == 3
-    journal = _journal_events(project, shared_cache)[-1]
+    journal = _journal_events(project, cache)[-1]
     finished = [e["result"]["case_id"] for e in journal if e["event"] == "result"]
     assert finished == ["good-fp32-torch_cpu-b1"]
     assert not any(e["event"] == "finished" for e in journal)
