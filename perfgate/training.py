@@ -6,6 +6,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -118,9 +119,16 @@ def train_classifier(
         )
         torch.save(fresh.state_dict(), path)
 
-    hit = ctx.cache.get_or_build("weights", key, "weights.pt", train)
-    model.load_state_dict(torch.load(hit.path, weights_only=True))
+    # The weights are verified against their recorded digest; one that hashes fine and still does
+    # not load (a file of an incompatible torch) is retrained once (ArtifactCache.get_or_build).
+    hit = ctx.cache.get_or_build("weights", key, "weights.pt", train, load=load_weights)
+    model.load_state_dict(hit.value)
     return model.eval()
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict saved by ``torch.save``, tensors only (``weights_only``): the cache's ``load``."""
+    return torch.load(path, weights_only=True)
 
 
 def distillation_loss(teacher: torch.nn.Module, temperature: float, alpha: float) -> Loss:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +75,11 @@ class Backend:
     device: ClassVar[str] = "cpu"  # "cpu" or "cuda"
     marker: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
+    # The modules of ``requires`` that ``missing`` imports to prove they load (``None``: all of
+    # them). A backend whose warm run never imports a heavy module (LiteRT's converter, only used
+    # to build a ``.tflite`` the cache lacks) leaves it out and checks it when it builds instead
+    # (:func:`require_import`), so that collection does not pay for the import.
+    import_checked: ClassVar[tuple[str, ...] | None] = None
     install_hint: ClassVar[str] = ""
     lowerings: ClassVar[frozenset[str]] = frozenset({"none"})
     # Markers every case of this backend gets besides ``marker`` (torch.compile: "compiled").
@@ -86,11 +93,22 @@ class Backend:
         return lowering in self.lowerings
 
     def missing(self) -> str | None:
-        """Why this backend cannot run here, in one line, or ``None`` when it can."""
-        absent = [module for module in self.requires if importlib.util.find_spec(module) is None]
+        """Why this backend cannot run here, in one line, or ``None`` when it can.
+
+        A required module that is not installed is named with the install hint; one that is
+        installed but fails to import (a missing shared library, a binary built for another
+        numpy) with the import error's own line, so that only this backend's cases are skipped.
+        Each module is imported at most once per process (:func:`import_problem`).
+        """
+        absent = [module for module in self.requires if not module_installed(module)]
         if absent:
             hint = f" ({self.install_hint})" if self.install_hint else ""
             return f"{self.name}: {', '.join(absent)} is not installed{hint}"
+        checked = self.requires if self.import_checked is None else self.import_checked
+        for module in checked:
+            problem = import_problem(module)
+            if problem is not None:
+                return f"{self.name}: {problem}"
         if self.device == "cuda":
             from perfgate.hardware import cuda_missing_reason
 
@@ -115,6 +133,52 @@ class Backend:
         :returns: ``{"quantized_ops": n, "float_ops": m}``, or ``{}`` when the backend cannot tell.
         """
         return {}
+
+
+def module_installed(module: str) -> bool:
+    """Whether ``module``'s top-level package can be found, without importing it (not cached)."""
+    try:
+        return importlib.util.find_spec(module.partition(".")[0]) is not None
+    except (ImportError, ValueError):  # a broken entry in sys.modules or on the path
+        return True  # installed in some form; import_problem says what is wrong with it
+
+
+@functools.cache
+def import_problem(module: str) -> str | None:
+    """Why the installed ``module`` cannot be imported, in one line, or ``None`` when it imports.
+
+    The import is tried once per process: a module that imports is then in ``sys.modules`` (its
+    users import it anyway), one that fails is not retried for every case.
+
+    :param module: a dotted module name (``openvino``, ``ai_edge_litert.interpreter``).
+    :returns: ``"<module> is not installed"``, ``"<module> is installed but fails to import:
+        ImportError: <the error's first line>"``, or ``None``.
+    """
+    if not module_installed(module):
+        return f"{module} is not installed"
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # any failure of a native extension or of the package's own code
+        return f"{module} is installed but fails to import: {error_line(exc)}"
+    return None
+
+
+def error_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, for a one-line reason."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def require_import(who: str, module: str) -> None:
+    """Skip the running case when ``module`` is installed but fails to import (see ``import_checked``).
+
+    :param who: the case id or backend name the skip line starts with.
+    :param module: the module the build is about to import.
+    """
+    problem = import_problem(module)
+    if problem is not None:
+        skip_case(f"{who}: {problem}")
 
 
 def skip_case(reason: str) -> NoReturn:

@@ -33,7 +33,6 @@ start) and ``bf16`` (TFLite has no BF16 inference on the CPU).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from collections.abc import Iterator
@@ -43,7 +42,16 @@ from typing import Any
 
 import numpy as np
 
-from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings, skip_case
+from perfgate.backends.base import (
+    Artifact,
+    Backend,
+    BuildRequest,
+    RunSettings,
+    import_problem,
+    module_installed,
+    require_import,
+    skip_case,
+)
 from perfgate.cache import CacheHit, stable_hash
 from perfgate.jsonio import dumps_stable
 
@@ -144,6 +152,7 @@ def convert(request: BuildRequest, path: Path) -> dict[str, Any]:
     :param request: the case's build request.
     :param path: where the flatbuffer goes.
     """
+    require_import(request.case_id, "litert_torch")
     import litert_torch
     import torch
     from litert_torch.quantize import quant_config
@@ -266,15 +275,24 @@ class LiteRtCpuBackend(Backend):
     marker = "litert"
     libraries = ("ai-edge-litert", "tflite-runtime")
     requires = ("litert_torch",)
+    # litert_torch (seconds to import, half a gigabyte) is only imported to convert a model the
+    # cache lacks: it is checked when a case converts, the runtime at collection.
+    import_checked = ()
     install_hint = "pip install 'perfgate[edge]'"
     lowerings = frozenset({"none", "int8_dynamic", "int8_static", "fp16"})
 
     def missing(self) -> str | None:
         """Why LiteRT cannot run here: the converter or both runtimes are absent."""
         reason = super().missing()
-        if reason is None and not any(importlib.util.find_spec(module) for module in RUNTIMES):
-            reason = f"{self.name}: ai_edge_litert (or tflite_runtime) is not installed ({self.install_hint})"
-        return reason
+        if reason is not None:
+            return reason
+        installed = [module for module in RUNTIMES if module_installed(module)]
+        if not installed:
+            return f"{self.name}: ai_edge_litert (or tflite_runtime) is not installed ({self.install_hint})"
+        problems = [import_problem(f"{module}.interpreter") for module in installed]
+        if all(problems):  # interpreter_class() falls back on the next runtime when one fails
+            return f"{self.name}: {problems[0]}"
+        return None
 
     def build(self, request: BuildRequest) -> Artifact:
         hit, info = self._convert(request)

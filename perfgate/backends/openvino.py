@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings, skip_case
+from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings, error_line, skip_case
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.export import export_onnx
 from perfgate.jsonio import dumps_stable
@@ -320,7 +320,10 @@ class OpenVinoCpuBackend(Backend):
         reason = super().missing()
         if reason is not None:
             return reason
-        devices = available_devices()
+        try:
+            devices = available_devices()
+        except Exception as exc:  # a Core that cannot start (a plugin library missing)
+            return f"{self.name}: OpenVINO's Core fails to list its devices: {error_line(exc)}"
         if "CPU" not in devices:
             return f"{self.name}: OpenVINO sees no CPU device (available: {', '.join(devices) or 'none'})"
         return None

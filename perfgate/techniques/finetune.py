@@ -59,8 +59,10 @@ def cached_fit(
             after(module)
         torch.save(module.state_dict(), path)
 
-    hit = ctx.cache.get_or_build(kind, full_key, "weights.pt", build)
-    module.load_state_dict(torch.load(hit.path, weights_only=True))
+    hit = ctx.cache.get_or_build(
+        kind, full_key, "weights.pt", build, load=lambda p: torch.load(p, weights_only=True)
+    )
+    module.load_state_dict(hit.value)
     return module.eval()
 
 

@@ -159,9 +159,11 @@ class QuantizationAwareTraining(Technique):
             fx_quant.fine_tune_qat(prepared, data, options, progress)
             torch.save(prepared.state_dict(), path)
 
-        hit = ctx.cache.get_or_build("qat", key, "qat.pt", train)
+        hit = ctx.cache.get_or_build(
+            "qat", key, "qat.pt", train, load=lambda p: torch.load(p, weights_only=True)
+        )
         if hit.cached:
-            prepared.load_state_dict(torch.load(hit.path, weights_only=True))
+            prepared.load_state_dict(hit.value)
         return fx_quant.freeze_qat(prepared)
 
     def transform_key(self, options: dict[str, Any]) -> str | None:
