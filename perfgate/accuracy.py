@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,13 +25,68 @@ def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
 METRICS.register("top1", top1)
 
 
+class MetricError(ValueError):
+    """A task metric returned something other than one finite number."""
+
+
+def checked_metric(name: str, metric: Metric) -> Metric:
+    """``metric``, its result checked and converted to a Python float.
+
+    A number, a numpy scalar or a 0-d array is accepted. An array of several values, a non-number
+    (``None``, a string, a bool) or a NaN/Inf computed from finite outputs raises
+    :class:`MetricError` naming the metric. A NaN/Inf from outputs that are themselves not finite
+    is returned as is: the fidelity gate fails that variant with "outputs contain NaN or Inf".
+
+    :param name: the metric as the matrix names it (``top1``, ``my_models:balanced_accuracy``).
+    :param metric: the function.
+    """
+
+    @functools.wraps(metric)
+    def checked(outputs: np.ndarray, labels: np.ndarray) -> float:
+        value = metric(outputs, labels)
+        return as_score(name, value, outputs)
+
+    return checked
+
+
+def as_score(name: str, value: object, outputs: np.ndarray | None = None) -> float:
+    """The float of a metric's ``value``, or :class:`MetricError` saying what it returned instead.
+
+    :param name: the metric's name, for the message.
+    :param value: what the metric returned.
+    :param outputs: the outputs it scored: a non-finite value is allowed only when they are not finite.
+    """
+    if isinstance(value, np.ndarray) and value.ndim > 0:
+        raise MetricError(
+            f"metric {name} returned ndarray of shape {value.shape}, not a number: return a float"
+        )
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number | np.ndarray):
+        raise MetricError(
+            f"metric {name} returned {type(value).__name__} {value!r}, not a number: return a float"
+        )
+    dtype = np.asarray(value).dtype
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise MetricError(f"metric {name} returned {dtype} {value!r}, not a real number: return a float")
+    score = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(score) and (outputs is None or bool(np.all(np.isfinite(outputs)))):
+        raise MetricError(
+            f"metric {name} returned {score} on finite outputs, not a finite number: "
+            "return a float (guard its divisions and logarithms)"
+        )
+    return score
+
+
 def resolve_metric(name: str) -> Metric:
-    """A registered metric by name, or a user's own as ``"package.module:function"``."""
+    """A registered metric by name, or a user's own as ``"package.module:function"``.
+
+    The function returned checks what the metric returns (:func:`checked_metric`): one finite
+    float, or :class:`MetricError` naming the metric.
+    """
     if ":" in name:
         from perfgate.registry import import_object
 
-        return import_object(name)  # type: ignore[return-value]
-    return METRICS.get(name)
+        return checked_metric(name, import_object(name))  # type: ignore[arg-type]
+    return checked_metric(name, METRICS.get(name))
 
 
 def _row_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ClassVar
 
 import numpy as np
 
 from perfgate.accuracy import AccuracyResult, Fidelity
+from perfgate.validation import Rule, boolean, check_table, integer, number, optional
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,34 @@ class AccuracyPolicy:
     max_diff_rtol: float | None = None
     require_effect: bool = True
 
+    # ``None`` (from a technique's defaults) switches a check off; a TOML file has no null.
+    RULES: ClassVar[dict[str, Rule]] = {
+        "min_relative_metric": optional(
+            number(
+                0,
+                1,
+                low_open=True,
+                hint="the share of the FP32 reference's metric a variant keeps, e.g. 0.99",
+            )
+        ),
+        "max_metric_delta": optional(number(0, hint="the allowed move of the metric, in its own units")),
+        "max_baseline_drop": optional(
+            number(0, hint="the allowed relative move from the baseline's metric, e.g. 0.01 for 1%")
+        ),
+        "min_top1_agreement": optional(number(0, 1, hint="the share of predictions equal to FP32's")),
+        "min_sqnr_db": optional(number(hint="signal-to-quantization-noise floor, in dB")),
+        "min_cosine": optional(number(-1, 1, hint="mean cosine similarity of the outputs to FP32's")),
+        "max_abs_diff": optional(number(0, hint="the output difference's absolute tolerance")),
+        "max_diff_rtol": optional(number(0, hint="added to max_abs_diff, times the output scale")),
+        "require_effect": boolean(hint="fail a variant whose technique changed nothing"),
+    }
+
     def merged(self, overrides: dict[str, Any]) -> AccuracyPolicy:
-        """A copy with ``overrides`` applied; unknown keys are an error naming the valid ones."""
-        valid = {f.name for f in fields(self)}
-        unknown = set(overrides) - valid
-        if unknown:
-            raise ValueError(f"unknown accuracy setting(s) {sorted(unknown)}; valid: {sorted(valid)}")
+        """A copy with ``overrides`` applied, each checked against :attr:`RULES`.
+
+        :raises SettingError: a key is unknown or a value has the wrong type or range.
+        """
+        check_table(overrides, self.RULES, "accuracy setting")
         return replace(self, **overrides)
 
     def to_dict(self) -> dict[str, float | bool | None]:
@@ -263,12 +286,24 @@ class RegressionPolicy:
     normalize: bool = True
     confirm: int = 1
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "threshold": number(0, hint="the p50 slowdown that fails, as a fraction: 0.10 for 10%"),
+        "alpha": number(0, 1, low_open=True, high_open=True, hint="the significance level, e.g. 0.01"),
+        "confidence": number(
+            0, 1, low_open=True, high_open=True, hint="the bootstrap interval's level, e.g. 0.95"
+        ),
+        "resamples": integer(1, hint="bootstrap resamples, e.g. 1000"),
+        "seed": integer(0, hint="seeds the bootstrap"),
+        "normalize": boolean(hint="divide by the reference workload's ratio"),
+        "confirm": integer(0, hint="re-measurements before a case fails; 0 fails on the first"),
+    }
+
     def merged(self, overrides: dict[str, Any]) -> RegressionPolicy:
-        """A copy with ``overrides`` applied; unknown keys are an error naming the valid ones."""
-        valid = {f.name for f in fields(self)}
-        unknown = set(overrides) - valid
-        if unknown:
-            raise ValueError(f"unknown regression setting(s) {sorted(unknown)}; valid: {sorted(valid)}")
+        """A copy with ``overrides`` applied, each checked against :attr:`RULES`.
+
+        :raises SettingError: a key is unknown or a value has the wrong type or range.
+        """
+        check_table(overrides, self.RULES, "regression setting")
         return replace(self, **overrides)
 
 

@@ -10,15 +10,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
+
+from perfgate.validation import Rule, check_table, integer, number
 
 
 @dataclass(frozen=True)
 class TimingPolicy:
-    """How long to warm up and to measure."""
+    """How long to warm up and to measure, and how long one case may take in all.
+
+    :param warmup_rounds: untimed calls before the timed rounds (0: none by count).
+    :param warmup_time_s: and at least this long of them.
+    :param min_rounds: timed rounds, at least.
+    :param min_time_s: and at least this long of them.
+    :param max_rounds: the timed rounds' cap, whatever ``min_time_s`` asks.
+    :param max_time_s: the cap on the timed rounds' (and on the warmup's) duration.
+    :param case_timeout_s: the time limit of one whole case (build, accuracy pass, timing).
+    """
 
     warmup_rounds: int = 10
     warmup_time_s: float = 0.2
@@ -26,13 +37,36 @@ class TimingPolicy:
     min_time_s: float = 1.0
     max_rounds: int = 200_000
     max_time_s: float = 30.0
+    case_timeout_s: float = 600.0
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "warmup_rounds": integer(0, hint="untimed calls before timing"),
+        "warmup_time_s": number(0, hint="seconds of warmup, at least"),
+        "min_rounds": integer(1, hint="timed rounds, at least"),
+        "min_time_s": number(0, hint="seconds of timed rounds, at least"),
+        "max_rounds": integer(1, hint="the cap on timed rounds, >= min_rounds"),
+        "max_time_s": number(
+            0, low_open=True, hint="the cap in seconds on warmup and on timing, >= min_time_s"
+        ),
+        "case_timeout_s": number(0, low_open=True, hint="the time limit of one whole case, in seconds"),
+    }
 
     def merged(self, overrides: dict[str, Any]) -> TimingPolicy:
-        valid = {f.name for f in fields(self)}
-        unknown = set(overrides) - valid
-        if unknown:
-            raise ValueError(f"unknown timing setting(s) {sorted(unknown)}; valid: {sorted(valid)}")
+        """A copy with ``overrides`` applied, each checked against :attr:`RULES`.
+
+        :raises SettingError: a key is unknown or a value is out of range; the message names it.
+        """
+        check_table(overrides, self.RULES, "timing setting")
         return replace(self, **overrides)
+
+    def problems(self) -> list[tuple[str, str, str]]:
+        """Settings that contradict each other: ``(key, other key, what to do)`` per pair."""
+        found = []
+        if self.max_rounds < self.min_rounds:
+            found.append(("max_rounds", "min_rounds", "max_rounds must be >= min_rounds"))
+        if self.max_time_s < self.min_time_s:
+            found.append(("max_time_s", "min_time_s", "max_time_s must be >= min_time_s"))
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

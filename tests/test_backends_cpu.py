@@ -146,7 +146,7 @@ def test_torch_compile_cases_carry_the_compiled_marker(tmp_path: Path) -> None:
     """The backend's extra marker reaches every case: ``-m compiled`` selects torch.compile."""
     matrix = tmp_path / "matrix.toml"
     matrix.write_text(
-        '[models.m]\nfactory = "x:y"\ndata = "x:z"\n[techniques.fp32]\n'
+        '[models.m]\nfactory = "tiny_models:tiny_mlp"\ndata = "tiny_models:blobs"\n[techniques.fp32]\n'
         "[backends.torch_compile_cpu]\n[backends.openvino_cpu]\n"
     )
     markers = {case.backend: case.markers for case in load_matrix(matrix).cases}

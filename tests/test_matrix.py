@@ -13,8 +13,8 @@ batch_sizes = [1, 8]
 [accuracy]
 min_relative_metric = 0.98
 [models.m]
-factory = "pkg.mod:factory"
-data = "pkg.mod:data"
+factory = "tiny_models:tiny_mlp"
+data = "tiny_models:blobs"
 metric = "top1"
 [techniques.fp32]
 [techniques.int8_dynamic]
@@ -89,12 +89,12 @@ def test_profile_restricts_the_cases(tmp_path: Path) -> None:
         (("[backends.torch_cpu]", "[backends.tpu]"), r"unknown backend 'tpu'"),
         (('metric = "top1"', 'metrik = "top1"'), r"\[models.m\] has unknown key\(s\) \['metrik'\]"),
         (
-            ('factory = "pkg.mod:factory"', 'factory = "pkg.mod"'),
+            ('factory = "tiny_models:tiny_mlp"', 'factory = "tiny_models"'),
             r'needs factory = "package.module:function"',
         ),
         (
             ("[accuracy]\n", "[accuracy]\nmin_sqnr = 3\n"),
-            r"case m-fp32-torch_cpu-b1: unknown accuracy setting",
+            r"\[accuracy\] min_sqnr = 3: unknown accuracy setting",
         ),
         (("batch_sizes = [1, 8]", "batch_sizes = 1"), r"batch_sizes must be a list of int"),
         (("[models.m]", "[models.m\n"), r"not valid TOML"),

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from perfgate.cache import ArtifactCache
 from perfgate.data import ModelData
 from perfgate.hardware import Hardware
+from perfgate.validation import Rule, SettingError, boolean, check_table, integer
+
+# Options every technique takes: backends read them from the case's technique options
+# (perfgate/cuda_timing.py, perfgate/backends/tensorrt.py).
+RUNTIME_OPTIONS: dict[str, Rule] = {
+    "copies_timed": boolean(hint="time the host-device copies too (CUDA backends)"),
+    "trt_min_batch": integer(1, hint="the TensorRT profile's smallest batch"),
+    "trt_max_batch": integer(1, hint="the TensorRT profile's largest batch"),
+}
 
 
 class NotApplicable(Exception):
@@ -55,6 +64,48 @@ class Technique:
     # format's overhead (an OpenVINO IR against a torch state dict), so size alone cannot judge them.
     size_reducing: bool = False
     default_options: dict[str, Any] = field(default_factory=dict)
+
+    # The options this technique reads (``[techniques.X] options``), each with its type and range;
+    # the runtime options and, for an ``int8_static`` lowering, ``calibration`` come on top (see
+    # :meth:`option_rules`). A misspelled key is refused at load time with the valid ones. A
+    # technique class that cannot declare its options sets ``None``: its options are not checked.
+    option_keys: ClassVar[Mapping[str, Rule] | None] = {}
+    # Options that must have a value once the defaults and the matrix's table are merged.
+    required_options: ClassVar[tuple[str, ...]] = ()
+
+    def option_rules(self) -> dict[str, Rule] | None:
+        """Every option key this technique accepts and its rule; ``None`` when it does not declare them."""
+        if self.option_keys is None:
+            return None
+        rules = dict(RUNTIME_OPTIONS)
+        if self.lowering == "int8_static":  # every backend calibrates through Calibration.from_options
+            from perfgate.techniques.quantization import CALIBRATION_RULE
+
+            rules["calibration"] = CALIBRATION_RULE
+        return {**rules, **self.option_keys}
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Check the matrix's ``options`` table (before the defaults are merged in).
+
+        :raises SettingError: an unknown key or a value of the wrong type or range; the key is
+            relative to the table (``amount``, ``calibration.size``).
+        """
+        rules = self.option_rules()
+        if rules is not None:
+            check_table(options, rules, f"option of {self.name}")
+
+    def check_merged_options(self, options: dict[str, Any]) -> None:
+        """Check the options a case gets (defaults and the matrix's table merged): required keys.
+
+        :raises SettingError: a required option has no value.
+        """
+        for key in self.required_options:
+            if options.get(key) is None:
+                rules = self.option_rules() or {}
+                rule = (
+                    f"{self.name} needs it: set it to {rules[key].describe()}" if key in rules else "required"
+                )
+                raise SettingError(key, options.get(key), rule)
 
     def transform(self, model: Any, ctx: TransformContext) -> Any:
         """Return the torch model this technique hands to the backend (the input by default)."""

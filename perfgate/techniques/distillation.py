@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -10,6 +11,7 @@ from perfgate.registry import import_object
 from perfgate.techniques.base import Technique, TransformContext
 from perfgate.techniques.finetune import cached_fit, parameter_count, require_labels
 from perfgate.training import TrainConfig, distillation_loss
+from perfgate.validation import Rule, import_path, integer, number
 
 
 class Distillation(Technique):
@@ -18,6 +20,17 @@ class Distillation(Technique):
     ``student`` is a ``"module:function"`` path; the function takes the trained teacher and
     returns an untrained, smaller ``nn.Module`` with the same inputs and outputs.
     """
+
+    option_keys: ClassVar[Mapping[str, Rule] | None] = {
+        "student": import_path(hint="builds an untrained, smaller student from the teacher"),
+        "temperature": number(0, low_open=True, hint="T, how much the logits are softened"),
+        "alpha": number(0, 1, hint="the soft term's weight; 1 - alpha goes to the labels"),
+        "epochs": integer(1, hint="the student's training epochs"),
+        "lr": number(0, low_open=True, hint="the student's learning rate"),
+        "max_shift": integer(0, hint="the augmentation's translation, in pixels"),
+        "seed": integer(0, hint="seeds the student's initialisation and the training"),
+    }
+    required_options: ClassVar[tuple[str, ...]] = ("student",)
 
     def transform(self, model: Any, ctx: TransformContext) -> Any:
         require_labels(ctx, self.name)

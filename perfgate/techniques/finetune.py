@@ -5,11 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from perfgate.cache import stable_hash
 from perfgate.techniques.base import NotApplicable, TransformContext
 from perfgate.training import Loss, TrainConfig, fit
+from perfgate.validation import Rule, integer, number
+
+# The options of the short fine-tune every pruning technique runs (see fine_tune_config).
+FINE_TUNE_OPTIONS: dict[str, Rule] = {
+    "epochs": integer(1, hint="fine-tune epochs"),
+    "lr": number(0, low_open=True, hint="the fine-tune's learning rate"),
+}
 
 
 def fine_tune_config(options: dict[str, Any]) -> TrainConfig:
@@ -22,11 +30,26 @@ def fine_tune_config(options: dict[str, Any]) -> TrainConfig:
 
 
 def require_labels(ctx: TransformContext, technique: str) -> None:
-    """Refuse a model that has no labelled training split: fine-tuning needs one."""
-    if ctx.data.train_inputs is None or ctx.data.train_labels is None:
+    """Refuse a model whose training split has no class labels: fine-tuning needs them.
+
+    Every fine-tune (pruning, distillation, QAT) minimizes cross-entropy against integer class
+    ids; a regression target (float labels) or labels of another shape cannot train that way.
+
+    :raises NotApplicable: the model has no labelled training split, or its labels are not class
+        ids; the message names the model and what is missing, and the case is skipped.
+    """
+    data = ctx.data
+    if data.train_inputs is None or data.train_labels is None:
         raise NotApplicable(
             f"{technique} fine-tunes on labelled training data and model {ctx.model_name!r} has none "
             "(it is judged on fidelity to FP32 only)"
+        )
+    labels = np.asarray(data.train_labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise NotApplicable(
+            f"{technique} fine-tunes with cross-entropy on integer class labels, and model "
+            f"{ctx.model_name!r} has {labels.dtype} training labels of shape {labels.shape} "
+            "(a regression target?): it does not apply to this model"
         )
 
 

@@ -7,18 +7,32 @@ pruning rebuilds the layers with fewer channels, so the network is smaller and f
 from __future__ import annotations
 
 import copy
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from perfgate.techniques.base import Technique, TransformContext
-from perfgate.techniques.finetune import cached_fit, fine_tune_config, parameter_count, require_labels
+from perfgate.techniques.base import NotApplicable, Technique, TransformContext
+from perfgate.techniques.finetune import (
+    FINE_TUNE_OPTIONS,
+    cached_fit,
+    fine_tune_config,
+    parameter_count,
+    require_labels,
+)
+from perfgate.validation import Rule, choice, number
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 # Elementwise layers that may sit between two pruned layers: they commute with dropping a channel.
 NONLINEAR = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Tanh)
 ELEMENTWISE = (*NONLINEAR, nn.Identity, nn.Dropout)
+# Pruning nothing (0) or everything (1) is no pruning technique.
+AMOUNT = number(0, 1, low_open=True, high_open=True, hint="the share of weights or channels removed")
+
+
+class NoPrunableChain(NotApplicable, ValueError):
+    """Structured pruning finds no chain of layers it can narrow in this model: the case is skipped."""
 
 
 def _fine_tune_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +82,12 @@ def remove_masks(model: nn.Module) -> None:
 
 class UnstructuredPruning(Technique):
     """L1-magnitude pruning of Conv2d/Linear weights, then a short fine-tune with the mask fixed."""
+
+    option_keys: ClassVar[Mapping[str, Rule] | None] = {
+        "amount": AMOUNT,
+        "scope": choice("global", "layer", hint="rank all weights together, or each layer's own"),
+        **FINE_TUNE_OPTIONS,
+    }
 
     def transform(self, model: Any, ctx: TransformContext) -> Any:
         require_labels(ctx, self.name)
@@ -217,7 +237,8 @@ def prune_channels(model: nn.Module, amount: float, model_name: str) -> nn.Modul
     ResNet basic block, the expanded hidden channels of an inverted residual, the hidden units of
     an FFN or MLP. Channels that feed a residual sum or leave the container keep their width.
 
-    :raises ValueError: the model has no such chain; the message names the model.
+    :raises NoPrunableChain: the model has no such chain (a ``ValueError`` and a
+        :class:`NotApplicable`: the case is skipped); the message names the model.
     """
     pruned = copy.deepcopy(model)
     found = 0
@@ -227,7 +248,7 @@ def prune_channels(model: nn.Module, amount: float, model_name: str) -> nn.Modul
             _prune_chain(seq, chain, amount)
             found += 1
     if not found:
-        raise ValueError(
+        raise NoPrunableChain(
             f"prune_structured: model {model_name!r} ({type(model).__name__}) has no chain it can prune: "
             "it looks for Conv2d-[BN]-act-[depthwise-BN-act]-Conv2d or Linear-act-Linear inside an "
             "nn.Sequential (ResNet basic blocks, inverted residuals, FFNs)"
@@ -237,6 +258,8 @@ def prune_channels(model: nn.Module, amount: float, model_name: str) -> nn.Modul
 
 class StructuredPruning(Technique):
     """Channels with the smallest L1 filter norm removed for real, then a short fine-tune."""
+
+    option_keys: ClassVar[Mapping[str, Rule] | None] = {"amount": AMOUNT, **FINE_TUNE_OPTIONS}
 
     def transform(self, model: Any, ctx: TransformContext) -> Any:
         require_labels(ctx, self.name)

@@ -8,13 +8,15 @@ model (its lowering) lives in the backend's module, which reads the calibration 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from perfgate.cache import stable_hash
 from perfgate.techniques.base import Technique, TransformContext
+from perfgate.validation import Rule, SettingError, choice, integer, number, table
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -26,6 +28,18 @@ INT8_ACCURACY: dict[str, float | None] = {
     "min_top1_agreement": 0.97,
     "min_sqnr_db": 15.0,
 }
+
+
+# The ``calibration`` option of every technique with an ``int8_static`` lowering (checked at load
+# time by the matrix, and again by each backend through :meth:`Calibration.from_options`).
+CALIBRATION_RULE = table(
+    "how static INT8 collects activation ranges",
+    method=choice(*CALIBRATION_METHODS, hint="how activation ranges are chosen"),
+    size=integer(1, hint="calibration samples, from the training split"),
+    # Each side keeps ``percentile`` of the values: at or below 50 the two clipping points cross.
+    percentile=number(50, 100, low_open=True, hint="kept by the percentile method, e.g. 99.999"),
+    batch_size=integer(1, hint="samples per calibration batch"),
+)
 
 
 class CalibrationError(ValueError):
@@ -61,14 +75,11 @@ class Calibration:
             raise CalibrationError(
                 f"unknown calibration option(s) {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}"
             )
-        calibration = replace(cls(), **table)
-        if calibration.method not in CALIBRATION_METHODS:
-            raise CalibrationError(
-                f"calibration method {calibration.method!r} is not one of {', '.join(CALIBRATION_METHODS)}"
-            )
-        if calibration.size < 1 or calibration.batch_size < 1 or not 50.0 < calibration.percentile <= 100.0:
-            raise CalibrationError(f"{calibration}: needs size, batch_size >= 1 and 50 < percentile <= 100")
-        return calibration
+        try:
+            CALIBRATION_RULE.check("calibration", table)
+        except SettingError as exc:
+            raise CalibrationError(str(exc)) from None
+        return replace(cls(), **table)
 
     def batches(self, data: Any) -> list[np.ndarray]:
         """The calibration set of ``data`` (a :class:`perfgate.data.ModelData`), in batches."""
@@ -138,6 +149,12 @@ class QuantizationAwareTraining(Technique):
     # No SQNR floor: the fine-tune moves the weights, so the logits leave FP32's on purpose (as
     # after pruning); what QAT must keep is the task metric and the predictions.
     accuracy: dict[str, float | None] = field(default_factory=lambda: {**INT8_ACCURACY, "min_sqnr_db": None})
+    option_keys: ClassVar[Mapping[str, Rule] | None] = {
+        "epochs": integer(1, hint="fine-tune epochs in all"),
+        "lr": number(0, low_open=True, hint="the fine-tune's learning rate"),
+        "frozen_epochs": integer(0, hint="the last epochs, with ranges and BatchNorm frozen"),
+        "max_shift": integer(0, hint="the augmentation's translation, in pixels"),
+    }
 
     def transform(self, model: Any, ctx: TransformContext) -> Any:
         """Return the fine-tuned fake-quant model, from the cache when it was trained before."""
