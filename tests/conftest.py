@@ -54,6 +54,16 @@ def test_case(perf_case, benchmark):
 """
 
 
+@pytest.fixture(autouse=True)
+def private_run_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own registry of running perfgate runs (perfgate.concurrency): another process
+    timing on the machine (a second test session) is a real concurrent run, which would rightly
+    keep timings out of the baselines that tests check."""
+    folder = tmp_path / "run-registry"
+    monkeypatch.setenv("PERFGATE_RUN_REGISTRY", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One artifact cache for the whole test run (tiny models train once)."""

@@ -44,15 +44,6 @@ timing = {{ case_timeout_s = {timeout} }}
 """
 
 
-@pytest.fixture(autouse=True)
-def private_run_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A registry of perfgate runs of this test's own: other test processes on the machine are
-    real concurrent runs, and would (rightly) keep timings out of the baselines these tests check."""
-    folder = tmp_path / "registry"
-    monkeypatch.setenv("PERFGATE_RUN_REGISTRY", str(folder))
-    return folder
-
-
 @pytest.fixture
 def fault_project(perf_project: pytest.Pytester):
     """The tiny project, with a matrix whose ``bad`` model uses the given fault factory."""
