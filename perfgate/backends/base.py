@@ -75,11 +75,6 @@ class Backend:
     device: ClassVar[str] = "cpu"  # "cpu" or "cuda"
     marker: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
-    # The modules of ``requires`` that ``missing`` imports to prove they load (``None``: all of
-    # them). A backend whose warm run never imports a heavy module (LiteRT's converter, only used
-    # to build a ``.tflite`` the cache lacks) leaves it out and checks it when it builds instead
-    # (:func:`require_import`), so that collection does not pay for the import.
-    import_checked: ClassVar[tuple[str, ...] | None] = None
     install_hint: ClassVar[str] = ""
     lowerings: ClassVar[frozenset[str]] = frozenset({"none"})
     # Markers every case of this backend gets besides ``marker`` (torch.compile: "compiled").
@@ -98,14 +93,16 @@ class Backend:
         A required module that is not installed is named with the install hint; one that is
         installed but fails to import (a missing shared library, a binary built for another
         numpy) with the import error's own line, so that only this backend's cases are skipped.
-        Each module is imported at most once per process (:func:`import_problem`).
+        Each module is imported at most once per process (:func:`import_problem`), the
+        :data:`BUILD_ONLY_MODULES` not at all: the case that imports them reports their failure.
         """
         absent = [module for module in self.requires if not module_installed(module)]
         if absent:
             hint = f" ({self.install_hint})" if self.install_hint else ""
             return f"{self.name}: {', '.join(absent)} is not installed{hint}"
-        checked = self.requires if self.import_checked is None else self.import_checked
-        for module in checked:
+        for module in self.requires:
+            if module in BUILD_ONLY_MODULES:
+                continue
             problem = import_problem(module)
             if problem is not None:
                 return f"{self.name}: {problem}"
@@ -133,6 +130,13 @@ class Backend:
         :returns: ``{"quantized_ops": n, "float_ops": m}``, or ``{}`` when the backend cannot tell.
         """
         return {}
+
+
+# Required modules that ``missing`` does not import at collection: litert_torch, only imported
+# to convert a model the cache lacks (seconds and half a gigabyte), and onnx, which (nanobind)
+# cannot be imported a second time in a process that dropped it from sys.modules, as an
+# in-process pytester run does when it ends. A failure to import them shows in the case that does.
+BUILD_ONLY_MODULES = frozenset({"onnx", "litert_torch"})
 
 
 def module_installed(module: str) -> bool:
@@ -171,7 +175,7 @@ def error_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def require_import(who: str, module: str) -> None:
-    """Skip the running case when ``module`` is installed but fails to import (see ``import_checked``).
+    """Skip the running case when ``module`` is installed but fails to import (:data:`BUILD_ONLY_MODULES`).
 
     :param who: the case id or backend name the skip line starts with.
     :param module: the module the build is about to import.

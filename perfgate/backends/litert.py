@@ -275,9 +275,6 @@ class LiteRtCpuBackend(Backend):
     marker = "litert"
     libraries = ("ai-edge-litert", "tflite-runtime")
     requires = ("litert_torch",)
-    # litert_torch (seconds to import, half a gigabyte) is only imported to convert a model the
-    # cache lacks: it is checked when a case converts, the runtime at collection.
-    import_checked = ()
     install_hint = "pip install 'perfgate[edge]'"
     lowerings = frozenset({"none", "int8_dynamic", "int8_static", "fp16"})
 
