@@ -355,12 +355,7 @@ def _refresh_locked(
     for result in sorted(results, key=lambda r: r.case_id):
         old = benches.get(result.case_id)
         concurrent = bool(result.settings.get("concurrent_runs"))
-        if (
-            result.status in UNFINISHED
-            or not result.samples_s
-            or not result.accuracy_passed
-            or concurrent
-        ):
+        if result.status in UNFINISHED or not result.samples_s or not result.accuracy_passed or concurrent:
             changes.append(Change(result.case_id, "kept-out", _p50_ms(old), None, _kept_out_reason(result)))
             continue
         benches[result.case_id] = benchmark_entry(result)

@@ -11,14 +11,13 @@ import os
 import textwrap
 from pathlib import Path
 
-import pytest
-
 # In-process pytester runs drop every module a run imported when it ends. Some cannot be imported
 # twice in one process: numpy's fft extension (scipy.stats imports it for the gate's test) and
 # torch._dynamo, which registers a torch op library (load_state_dict imports it lazily), and onnx,
 # whose second import aborts the process (SIGABRT, no message: its protobuf descriptors register
 # twice). They are imported once here, before any run, and stay.
 import onnx  # noqa: F401
+import pytest
 import scipy.stats  # noqa: F401
 import torch._dynamo  # noqa: F401
 
