@@ -134,7 +134,12 @@ def test_an_overturned_reading_is_never_stored(
     by a refresh nor shown in the tables: the verdict, the report and the baseline share one p50."""
     edit_matrix(perf_project, "[techniques.fp32]", BURST_MATRIX + "\n[techniques.fp32]")
     # A wide threshold: the burst is x30, and the fast retry must pass on a loaded shared runner.
-    edit_matrix(perf_project, "[timing]", "[regression]\nthreshold = 0.5\n\n[timing]")
+    # The confirmation (sample_directly, seconds after a 0.7 s busy burst in the same process)
+    # reads this 40 us torch call x1.7-1.8 slower than the refresh's pytest-benchmark loop did,
+    # steadily, on this 2-core runner: the limit is x3, still far below the burst's x75. Making the
+    # confirmation a measurement as good as the first is the gate-statistics issue's work.
+    edit_matrix(perf_project, "[timing]", "[regression]\nthreshold = 2.0\n\n[timing]")
+    edit_matrix(perf_project, "[timing]", "[threads]\nintra_op = 1\ninter_op = 1\n\n[timing]")
     selection = ["-k", "burst and fp32 and torch"]
     run(perf_project, monkeypatch, *selection, "--perf-refresh-baselines").assert_outcomes(passed=1)
     fast_p50 = load_baseline(baseline_file(perf_project)).cases["burst_mlp-fp32-torch_cpu-b1"].p50_ms  # type: ignore[union-attr]
@@ -159,7 +164,7 @@ def test_an_overturned_reading_is_never_stored(
     assert case["latency"]["p50_ms"] == pytest.approx(verdict["values"]["current_p50_ms"])
     stored = load_baseline(baseline_file(perf_project)).cases["burst_mlp-fp32-torch_cpu-b1"]  # type: ignore[union-attr]
     assert stored.p50_ms == pytest.approx(case["latency"]["p50_ms"], rel=1e-3)
-    assert stored.p50_ms < 2 * fast_p50
+    assert stored.p50_ms < 3 * fast_p50  # the confirmation's reading, not the burst's (x75)
 
 
 # ---- 5: every baseline value is validated -----------------------------------------------------
