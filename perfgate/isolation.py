@@ -375,8 +375,8 @@ def serve(config: pytest.Config, fds: str, make_run: Callable[[dict[str, Any]], 
                 "message": f"{request['case_id']}: {exc!r}",
                 "details": traceback.format_exc(),
             }
-        if reply["outcome"] != "ok":
-            run.result.status = "failed" if reply["outcome"] == "failed" else run.result.status
+        if reply["outcome"] == "failed":
+            run.result.status = "failed"
         reply["result"] = run.result.to_dict()
         send(reply)
     for run in runs.values():

@@ -12,18 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TESTS
+from conftest import TESTS, TINY_MATRIX
 
-FAULT_MATRIX = """
-pythonpath = ["{tests}"]
-batch_sizes = [1]
-
-[timing]
-warmup_rounds = 5
-warmup_time_s = 0.0
-min_rounds = 30
-min_time_s = 0.05
-
+# The tiny matrix's header (pythonpath, batch sizes, timing), then a good model and a bad one.
+FAULT_MATRIX = (
+    TINY_MATRIX.split("[models.tiny_mlp]")[0]
+    + """
 [models.good]
 factory = "tiny_models:tiny_mlp"
 data = "tiny_models:blobs"
@@ -42,6 +36,7 @@ metric = "top1"
 match = "bad-*"
 timing = {{ case_timeout_s = {timeout} }}
 """
+)
 
 
 @pytest.fixture
