@@ -25,10 +25,11 @@ from perfgate.cache import stable_hash
 from perfgate.jsonio import write_json
 from perfgate.reference_workload import REFERENCE_NAME
 from perfgate.results import UNFINISHED, CaseResult
+from perfgate.sessions import SessionSummary, thin
 
 SCHEMA_VERSION = 1
 BASELINE_FILE = "0001_baseline.json"
-# Evenly thinned beyond this (the gate bootstraps at most 2000 a side), to keep files reviewable.
+# Evenly thinned beyond this (shared out among the case's sessions), to keep files reviewable.
 MAX_STORED_SAMPLES = 2000
 # Fewer samples than this say nothing about a case's spread: such an entry is refused on load.
 MIN_BASELINE_SAMPLES = 5
@@ -52,6 +53,8 @@ class BaselineCase:
     :param accuracy: the case's accuracy pass when it was stored (task metric and fidelity).
     :param settings: the case's settings when it was stored (threads, providers, ...).
     :param hardware: the machine snapshot it was measured on (``Hardware.to_dict()``), or ``{}``.
+    :param sessions: its measurement sessions (the repeats of the refresh); a file written before
+        sessions were stored holds one, summarised from its samples.
     """
 
     case_id: str
@@ -60,6 +63,7 @@ class BaselineCase:
     accuracy: dict[str, Any] | None
     settings: dict[str, Any]
     hardware: dict[str, Any] = field(default_factory=dict)
+    sessions: tuple[SessionSummary, ...] = ()
 
     @property
     def metric(self) -> float | None:
@@ -185,6 +189,7 @@ def _validated_case(
     if metric is not None and not _finite(metric):
         raise _problem(path, case_id, f"the stored task metric is {metric!r}, not a finite number")
     hardware = environments.get(case.get("environment"), default_hardware)
+    sessions = _sessions(path, case_id, case.get("sessions"), samples, reference)
     return BaselineCase(
         case_id=case_id,
         samples_s=samples,
@@ -192,7 +197,28 @@ def _validated_case(
         accuracy=accuracy if isinstance(accuracy, dict) else None,
         settings=settings,
         hardware=hardware if isinstance(hardware, dict) else {},
+        sessions=sessions,
     )
+
+
+def _sessions(
+    path: Path, case_id: str, stored: Any, samples: list[float], reference: Any
+) -> tuple[SessionSummary, ...]:
+    """The case's sessions, validated; one summarised from the samples for a file without them."""
+    if stored is None:
+        return (SessionSummary.from_samples(samples, "first", reference),)
+    if not isinstance(stored, list) or not stored:
+        raise _problem(path, case_id, "'sessions' is not a non-empty list of session summaries")
+    sessions = []
+    for index, entry in enumerate(stored, 1):
+        if not isinstance(entry, dict) or not all(
+            _positive(entry.get(k)) for k in ("p50_s", "p90_s", "p99_s")
+        ):
+            raise _problem(path, case_id, f"session {index} has no positive, finite p50_s, p90_s and p99_s")  # fmt: skip
+        if entry.get("reference_us") is not None and not _positive(entry["reference_us"]):
+            raise _problem(path, case_id, f"session {index}: reference_us is {entry['reference_us']!r}, not a positive number")  # fmt: skip
+        sessions.append(SessionSummary.from_dict(entry))
+    return tuple(sessions)
 
 
 def _current_entry(path: Path, case_id: str, case: dict[str, Any], entries: list[dict[str, Any]]) -> Any:
@@ -230,12 +256,24 @@ def _positive(value: Any) -> bool:
     return _finite(value) and value > 0
 
 
-def thin(samples: list[float], limit: int = MAX_STORED_SAMPLES) -> list[float]:
-    """At most ``limit`` samples, taken evenly across the run so drift within it is kept."""
-    if len(samples) <= limit:
-        return [round(s, 9) for s in samples]
-    step = len(samples) / limit
-    return [round(samples[int(i * step)], 9) for i in range(limit)]
+def stored_sessions(result: CaseResult) -> tuple[list[float], list[dict[str, Any]]]:
+    """The samples a baseline stores for ``result`` and its sessions' summaries.
+
+    Each kept session keeps an even share of :data:`MAX_STORED_SAMPLES`, thinned evenly across
+    it; its summary names its slice of the stored samples (``samples``: ``[start, end)``).
+    """
+    kept = [s for s in result.sessions if s.get("kept", True)]
+    if not kept:  # a result from before sessions (or built by hand): one session of its samples
+        kept = [{**SessionSummary.from_samples(result.samples_s).to_dict(), "samples_s": result.samples_s}]
+    share = MAX_STORED_SAMPLES // len(kept)
+    data: list[float] = []
+    summaries = []
+    for session in kept:
+        part = thin(session["samples_s"], share)
+        summary = {k: v for k, v in session.items() if k not in ("samples_s", "kept")}
+        summaries.append({**summary, "samples": [len(data), len(data) + len(part)]})
+        data += part
+    return data, summaries
 
 
 def benchmark_entry(result: CaseResult) -> dict[str, Any]:
@@ -246,7 +284,7 @@ def benchmark_entry(result: CaseResult) -> dict[str, Any]:
     """
     from pytest_benchmark.stats import Stats
 
-    stored = thin(result.samples_s)
+    stored, _ = stored_sessions(result)
     stats = Stats()
     for sample in stored:
         stats.update(sample)
@@ -364,6 +402,7 @@ def _refresh_locked(
             "accuracy": result.accuracy,
             "latency": result.latency.to_dict() if result.latency else None,
             "settings": result.settings,
+            "sessions": stored_sessions(result)[1],
             "environment": environment,
             "samples_stored": len(benches[result.case_id]["stats"]["data"]),
             "samples_measured": len(result.samples_s),

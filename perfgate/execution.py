@@ -30,9 +30,10 @@ from perfgate.models import LoadedModel
 from perfgate.reference_workload import measure_reference
 from perfgate.results import CaseResult
 from perfgate.session import PerfgateSession
+from perfgate.sessions import SessionSummary, thin
 from perfgate.stats import LatencyStats
 from perfgate.techniques import TECHNIQUES, NotApplicable, TransformContext
-from perfgate.timing import measure, plan_rounds, sample_directly, timed_step, warm_up
+from perfgate.timing import measure, plan_rounds, timed_step, warm_up
 
 # The steps a case goes through, as named in progress lines, timeouts and failure messages.
 CONVERSION_STEPS = ("transform", "building", "loading", "first inference")
@@ -49,8 +50,19 @@ class CaseRun:
         compare: bool = False,
         require_baseline: bool = False,
         timing_enabled: bool = True,
+        repeats: int = 1,
+        earlier: CaseResult | None = None,
     ) -> None:
+        """
+        :param repeats: sessions to measure before the case is judged (``--perf-repeats``).
+        :param earlier: the case's result after its previous pass, when this pass is a later
+            session of it (``earlier.pending`` says which: a repeat or a confirmation).
+        """
         self.case = case
+        self.repeats = repeats
+        self.earlier = earlier
+        # Which session this pass measures: the case's own test, a repeat, or a confirmation.
+        self.pass_kind = earlier.pending if earlier is not None and earlier.pending else "first"
         self.timing_enabled = timing_enabled  # without a fixture (isolation child): time or not
         self.compare = compare
         self.require_baseline = require_baseline
@@ -62,10 +74,14 @@ class CaseRun:
         self.request: BuildRequest | None = None
         self.artifact: Artifact | None = None
         self.runtime: Session | None = None
-        self._step: Any = None  # the timed call, kept for a confirmation run
-        self._benchmark: Any = None  # pytest-benchmark's fixture, to show the accepted measurement
         self._effect: Effect | None = None
+        self._current_samples: list[float] | None = None  # this pass's session, in full
         self.result = CaseResult.for_case(case, session.runner, nodeid)
+        if earlier is not None:
+            # A later pass goes on from the earlier passes' result: accuracy, sessions, settings.
+            self.result = CaseResult.from_dict(earlier.to_dict())
+            self.result.verdicts = [v for v in self.result.verdicts if v.gate != "regression"]
+            self.result.pending = None
         self.guard = CaseGuard(
             case.id,
             getattr(case.timing, "case_timeout_s", None),
@@ -169,7 +185,13 @@ class CaseRun:
         return RunSettings(intra_op_threads=threads.get("intra_op"), inter_op_threads=threads.get("inter_op"))
 
     def check_accuracy(self) -> None:
-        """The accuracy pass over the whole eval set, then the accuracy gates."""
+        """The accuracy pass over the whole eval set, then the accuracy gates.
+
+        A later pass (a repeat, a confirmation) keeps the first pass's: the same artifact gives
+        the same outputs, and a case that failed its accuracy gates is never measured again.
+        """
+        if self.earlier is not None:
+            return
         with self.guard.step("accuracy"):
             self._check_accuracy()
 
@@ -221,14 +243,14 @@ class CaseRun:
         assert self.runtime is not None and self.model is not None
         self.session.progress(f"{self.case.id}: timing")
         self.runtime.bind(self.model.data.example(self.case.batch_size))
-        self._benchmark = benchmark
         if benchmark is not None:
             benchmark.group = self.case.model.name
             benchmark.extra_info.update(perfgate_case=self.case.id, settings=self.result.settings)
+            if self.pass_kind != "first":  # each session is a row of its own in pytest-benchmark's table
+                label = f" [{self.pass_kind}, session {len(self.result.sessions) + 1}]"
+                benchmark.name, benchmark.fullname = benchmark.name + label, benchmark.fullname + label
         device_timer = getattr(self.runtime, "device_timer", None)  # optional: GPU sessions have one
-        step = self._step = timed_step(
-            self.runtime.run, self.runtime.synchronize, self.runtime.needs_sync, device_timer
-        )
+        step = timed_step(self.runtime.run, self.runtime.synchronize, self.runtime.needs_sync, device_timer)
         concurrent = self.session.concurrent_runs()
         if benchmark is not None:
             timing = measure(benchmark, step, self.case.timing)
@@ -246,16 +268,25 @@ class CaseRun:
             self.result.settings.update(gpu_peak_memory())
         if timing is None:
             return
-        self._record_samples(timing.samples_s)
+        self._current_samples = list(timing.samples_s)
+        summary = SessionSummary.from_samples(timing.samples_s, self.pass_kind).to_dict()
+        self.result.sessions.append({**summary, "kept": True, "samples_s": thin(timing.samples_s)})
+        self._settle_samples()
         self.result.settings["warmup_rounds"] = timing.warmup_rounds
         if device_timer is not None:
             record_device_timing(self.result.settings, device_timer, timing.samples_s)
 
-    def _record_samples(self, samples: list[float]) -> None:
-        self.result.samples_s = list(samples)
+    def _settle_samples(self) -> None:
+        """``samples_s`` and the latency: the kept sessions' samples (this pass's in full)."""
+        samples: list[float] = []
+        for session in self.result.sessions:
+            if session["kept"]:
+                this_pass = session is self.result.sessions[-1] and self._current_samples is not None
+                samples += self._current_samples if this_pass else session["samples_s"]
+        self.result.samples_s = samples
         # An async-queue session (OpenVINO's throughput hint) runs several batches per timed call.
         per_call = self.case.batch_size * int(self.result.settings.get("batches_per_run", 1))
-        self.result.latency = LatencyStats.from_samples(samples, per_call)
+        self.result.latency = LatencyStats.from_samples(samples, per_call) if samples else None
 
     def check_regression(self) -> None:
         """Time the reference workload, then judge the case against its baseline (see ``_check_regression``)."""
@@ -265,17 +296,20 @@ class CaseRun:
     def _check_regression(self) -> None:
         """Time the reference workload next to the case, then judge it against this runner's baseline.
 
-        The reference is timed whenever the case was, so that a refresh stores it; the gate runs
-        under ``--benchmark-compare``, reads the case's baseline by case id, and divides the case's
-        ratio by the reference's. A baseline taken on other hardware or another major version of
-        the backend's library is ``incomparable``, never judged. A failing verdict is re-measured
-        ``confirm`` times and stands only if every confirmation fails too; the last measurement is
-        the one the result keeps (tables, plots, a refresh), so that a reading the confirmation
-        overturned is never stored.
+        The reference is timed whenever the case was, so that a refresh stores it. A case with
+        repeats to come waits for them (``pending``); the plugin runs them after the other cases.
+        Under ``--benchmark-compare`` the gate reads the case's baseline by case id. A baseline
+        taken on other hardware or another major version of the backend's library is
+        ``incomparable``, never judged. A failing verdict asks for a confirmation (``confirm``
+        times): a fresh session after the other cases, which must fail too.
         """
-        if not self.result.samples_s:
+        if self._current_samples is None:
             return
         reference_us = self.result.settings[REFERENCE_SETTING] = round(measure_reference() * 1e6, 4)
+        self.result.sessions[-1]["reference_us"] = reference_us
+        if self.pass_kind != "confirmation" and len(self._measured()) < self.repeats:
+            self.result.pending = "repeat"
+            return
         if not self.compare:
             return
         baseline = self._baseline_case()
@@ -286,38 +320,48 @@ class CaseRun:
         ):
             verdict = _incomparable(baseline, self.result.samples_s, reasons)
         else:
-            verdict = self._judge(baseline, reference_us)
+            verdict = self._judge(baseline)
+            if verdict.failed and verdict.values.get("confirmations", 0) < self.case.regression.confirm:
+                self.result.verdicts.append(verdict)  # provisional: the confirmation pass reads it
+                self.result.pending = "confirmation"
+                self.session.progress(f"{self.case.id}: {verdict.message}; confirming after the other cases")
+                return
         if verdict.status in ("new", "incomparable") and self.require_baseline:
             why = "no baseline for this runner" if verdict.status == "new" else verdict.message
             verdict = Verdict(verdict.gate, "fail", f"{why} (--perf-require-baseline)", verdict.values)
         self.result.verdicts.append(verdict)
         self._fail_on([verdict], "regression gate")
 
-    def _judge(self, baseline: BaselineCase, reference_us: float) -> Verdict:
-        """The regression verdict against ``baseline``, confirmed by re-measuring a failure."""
+    def _measured(self) -> list[dict[str, Any]]:
+        """The sessions of the case's reading: its first and its repeats (not confirmations)."""
+        return [s for s in self.result.sessions if s["kind"] != "confirmation"]
+
+    def _judge(self, baseline: BaselineCase) -> Verdict:
+        """The regression verdict against ``baseline``: of the reading, or of a confirmation.
+
+        A confirmation is judged on its own session and the verdict stands only if it fails too;
+        when it does not, the reading it overturned is no longer kept, so it is never stored.
+        """
         gate = RegressionGate(self.case.regression)
+        use_factor = self.case.device != "cuda"  # a CPU kernel says nothing of a GPU's speed
 
-        def judge(samples: list[float], reference: float) -> Verdict:
-            factor = reference / baseline.reference_us if baseline.reference_us else None
-            return gate.compute(_array(samples), _array(baseline.samples_s), factor)
+        def judge(sessions: list[dict[str, Any]]) -> Verdict:
+            now = [SessionSummary.from_dict(s) for s in sessions]
+            factor = _machine_factor(now, baseline.sessions) if use_factor else None
+            return gate.compute(now, baseline.sessions, factor)
 
-        verdict = judge(self.result.samples_s, reference_us)
-        for attempt in range(self.case.regression.confirm):
-            if verdict.status != "fail" or self._step is None:
-                break
-            self.session.progress(f"{self.case.id}: confirming a regression ({attempt + 1})")
-            samples = sample_directly(self._step, self.case.timing)
-            reference = round(measure_reference() * 1e6, 4)
-            verdict = _confirmed(verdict, judge(samples, reference))
-            self._accept(samples, reference)
+        if self.pass_kind != "confirmation" or self.earlier is None:
+            return judge(self._measured())
+        previous = self.earlier.verdict("regression")
+        retry = judge(self.result.sessions[-1:])
+        if previous is None:
+            return retry
+        verdict = _confirmed(previous, retry)
+        if not retry.failed:
+            for session in self.result.sessions[:-1]:
+                session["kept"] = False
+            self._settle_samples()
         return verdict
-
-    def _accept(self, samples: list[float], reference_us: float) -> None:
-        """Make a confirmation's measurement the case's: its samples, statistics and reference."""
-        self._record_samples(samples)
-        self.result.settings[REFERENCE_SETTING] = reference_us
-        self.result.settings["confirmed_measurement"] = True
-        show_in_benchmark(self._benchmark, samples)
 
     def close(self) -> None:
         self.guard.stop()
@@ -373,22 +417,28 @@ def _incomparable(baseline: BaselineCase, samples: list[float], reasons: list[st
     return Verdict("regression", "incomparable", message, values)
 
 
-def _confirmed(first: Verdict, retry: Verdict) -> Verdict:
-    """The verdict after a confirmation run: the retry's, with the first measurement kept."""
+def _machine_factor(now: list[SessionSummary], then: list[SessionSummary]) -> float | None:
+    """The reference workload's p50 now over at the baseline (each side's median), if both timed it."""
+    current = [s.reference_us for s in now if s.reference_us]
+    stored = [s.reference_us for s in then if s.reference_us]
+    if not current or not stored:
+        return None
+    return statistics.median(current) / statistics.median(stored)
+
+
+def _confirmed(previous: Verdict, retry: Verdict) -> Verdict:
+    """The verdict after a confirmation: the retry's, naming every reading that was taken."""
+    readings = [*previous.values.get("readings", [previous.values["ratio"]]), retry.values["ratio"]]
     values = {
         **retry.values,
-        "first_ratio": first.values.get("ratio"),
-        "first_p50_ms": first.values.get("current_p50_ms"),
-        "confirmations": first.values.get("confirmations", 0) + 1,
+        "first_ratio": readings[0],
+        "first_p50_ms": previous.values.get("first_p50_ms", previous.values.get("current_p50_ms")),
+        "confirmations": len(readings) - 1,
+        "readings": readings,
     }
+    taken = f"first reading x{readings[0]:.3f}; " + "; ".join(
+        f"confirmation {i}, after the other cases, x{r:.3f}" for i, r in enumerate(readings[1:], 1)
+    )
     if retry.status == "fail":
-        message = f"{retry.message} (confirmed: the first measurement read x{first.values['ratio']:.3f})"
-        return Verdict(retry.gate, "fail", message, values)
-    message = f"{retry.message}; a first measurement read x{first.values['ratio']:.3f} and was not confirmed"
-    return Verdict(retry.gate, retry.status, message, values)
-
-
-def _array(samples: list[float]) -> Any:
-    import numpy as np
-
-    return np.asarray(samples, dtype=np.float64)
+        return Verdict(retry.gate, "fail", f"{retry.message} (confirmed: {taken})", values)
+    return Verdict(retry.gate, retry.status, f"{retry.message}; not confirmed ({taken}): the reading is not kept", values)  # fmt: skip

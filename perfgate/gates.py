@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
-import numpy as np
-
 from perfgate.accuracy import AccuracyResult, Fidelity
+from perfgate.sessions import SessionSummary, between_spread, session_p50
 from perfgate.validation import Rule, boolean, check_table, integer, number, optional
 
 
@@ -266,34 +266,24 @@ def accuracy_verdicts(result: AccuracyResult, policy: AccuracyPolicy) -> list[Ve
 class RegressionPolicy:
     """When a change of latency fails (or is reported as improved) under ``--benchmark-compare``.
 
-    :param threshold: the practical limit: the p50 ratio must exceed ``1 + threshold`` to fail
-        (or fall below ``1 / (1 + threshold)`` to be reported as improved).
-    :param alpha: the significance level of the one-sided Mann-Whitney U test on the raw samples.
-    :param confidence: the level of the bootstrap confidence interval of the p50 ratio.
-    :param resamples: bootstrap resamples; more gives a steadier interval, at some CPU time.
-    :param seed: seeds the bootstrap, so that the same samples always give the same verdict.
-    :param normalize: divide the ratio by the reference workload's ratio (docs/regression-gate.md).
-    :param confirm: re-measurements a failing case gets before it fails; it fails only if every
-        one fails too (a neighbour's burst during one measurement does not repeat; a real
-        slowdown does). 0 fails on the first measurement.
+    :param threshold: the practical limit: the current p50 must exceed the baseline's slowest
+        session by more than this fraction to fail (or undercut its fastest by as much to be
+        reported as improved). A case whose baseline sessions vary by more is judged at the
+        spread it showed instead, and marked unstable.
+    :param normalize: divide by the machine factor (the reference workload now / at the
+        baseline), to excuse a slowdown the whole machine shares, never to accuse; off by
+        default, because the factor moved more between sessions than the cases it corrects
+        (docs/regression-gate.md). Never applied to GPU cases.
+    :param confirm: re-measurements a failing case gets, each in a fresh runtime session after
+        the other cases; it fails only if every one fails too. 0 fails on the first reading.
     """
 
     threshold: float = 0.10
-    alpha: float = 0.01
-    confidence: float = 0.95
-    resamples: int = 1000
-    seed: int = 0
-    normalize: bool = True
+    normalize: bool = False
     confirm: int = 1
 
     RULES: ClassVar[dict[str, Rule]] = {
         "threshold": number(0, hint="the p50 slowdown that fails, as a fraction: 0.10 for 10%"),
-        "alpha": number(0, 1, low_open=True, high_open=True, hint="the significance level, e.g. 0.01"),
-        "confidence": number(
-            0, 1, low_open=True, high_open=True, hint="the bootstrap interval's level, e.g. 0.95"
-        ),
-        "resamples": integer(1, hint="bootstrap resamples, e.g. 1000"),
-        "seed": integer(0, hint="seeds the bootstrap"),
         "normalize": boolean(hint="divide by the reference workload's ratio"),
         "confirm": integer(0, hint="re-measurements before a case fails; 0 fails on the first"),
     }
@@ -307,64 +297,19 @@ class RegressionPolicy:
         return replace(self, **overrides)
 
 
-# Below this many samples on either side the test and the interval mean nothing: threshold only.
-MIN_GATE_SAMPLES = 5
-# The bootstrap works on at most this many samples per side, taken evenly (as baselines store them).
-MAX_BOOTSTRAP_SAMPLES = 2000
-
-
-def _evenly(samples: np.ndarray, limit: int) -> np.ndarray:
-    """At most ``limit`` samples, taken evenly across the run."""
-    if samples.size <= limit:
-        return samples
-    return samples[(np.arange(limit) * (samples.size / limit)).astype(np.int64)]
-
-
-def bootstrap_ratio_ci(
-    current: np.ndarray, baseline: np.ndarray, confidence: float, resamples: int, seed: int
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``median(current) / median(baseline)``.
-
-    :param current: the current samples.
-    :param baseline: the baseline samples.
-    :param confidence: the interval's level, e.g. 0.95.
-    :param resamples: how many bootstrap resamples to draw.
-    :param seed: seeds the resampling, so that the interval is reproducible.
-    """
-    rng = np.random.default_rng(seed)
-    cur, base = _evenly(current, MAX_BOOTSTRAP_SAMPLES), _evenly(baseline, MAX_BOOTSTRAP_SAMPLES)
-    ratios = np.empty(resamples)
-    # Chunks keep the index matrices to a few MB whatever the sample count.
-    chunk = max(1, 2_000_000 // max(cur.size, base.size))
-    for start in range(0, resamples, chunk):
-        n = min(chunk, resamples - start)
-        num = np.median(cur[rng.integers(0, cur.size, size=(n, cur.size))], axis=1)
-        den = np.median(base[rng.integers(0, base.size, size=(n, base.size))], axis=1)
-        ratios[start : start + n] = num / den
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(ratios, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
-def mann_whitney_p(current: np.ndarray, baseline: np.ndarray, alternative: str) -> float:
-    """One-sided Mann-Whitney U p-value: is ``current`` stochastically greater (or less)?
-
-    :param current: the current samples.
-    :param baseline: the baseline samples (already scaled by the reference factor, if any).
-    :param alternative: ``"greater"`` to test for a slowdown, ``"less"`` for a speed-up.
-    """
-    from scipy.stats import mannwhitneyu  # heavy: imported only when a comparison runs
-
-    if np.ptp(np.concatenate([current, baseline])) == 0.0:
-        return 1.0  # all samples equal: no evidence either way (the test's variance is zero)
-    return float(mannwhitneyu(current, baseline, alternative=alternative, method="asymptotic").pvalue)
+def safe_threshold(spread: float) -> float:
+    """The threshold a case whose baseline sessions varied by ``spread`` can be gated at: the
+    spread itself, rounded up to a whole percent (docs/regression-gate.md shows the measurement)."""
+    return math.ceil(spread * 100.0 - 1e-9) / 100.0
 
 
 class RegressionGate:
-    """Judges the current raw samples against the baseline's: significant AND beyond the threshold.
+    """Judges the current sessions' p50 against the spread between the baseline's sessions.
 
-    The ratio is ``p50(current) / p50(baseline)``, divided by the reference workload's ratio
-    when both sessions timed it (a uniformly slower or faster machine then cancels out).
+    Samples within one session are autocorrelated, and sessions differ by more than a session's
+    own spread, so no test on raw samples bounds anything here (docs/regression-gate.md). The
+    unit is the session: the baseline's repeats show how far sessions of unchanged code fall
+    apart, and a case fails only beyond its slowest baseline session plus the threshold.
     """
 
     name = "regression"
@@ -373,75 +318,70 @@ class RegressionGate:
         self.policy = policy
 
     def compute(
-        self, current_s: np.ndarray, baseline_s: np.ndarray | None, reference_factor: float | None = None
+        self,
+        current: Sequence[SessionSummary],
+        baseline: Sequence[SessionSummary],
+        reference_factor: float | None = None,
     ) -> Verdict:
         """The verdict for one case.
 
-        :param current_s: this run's per-call durations, in seconds.
-        :param baseline_s: the baseline's per-call durations, or ``None`` when there is none.
+        :param current: this run's sessions of the case (its first reading and its repeats).
+        :param baseline: the baseline's sessions; empty when there is none.
         :param reference_factor: the reference workload's p50 now / at the baseline, or ``None``.
         """
-        if baseline_s is None or len(baseline_s) == 0:
+        if not baseline:
             return Verdict(self.name, "new", "no baseline for this runner: reported as new")
-        current, baseline = np.asarray(current_s, np.float64), np.asarray(baseline_s, np.float64)
+        base_p50s = [s.p50_s for s in baseline]
+        now, base = session_p50(current), session_p50(baseline)
+        fastest, slowest = min(base_p50s), max(base_p50s)
+        spread = between_spread(base_p50s)
+        threshold = self.policy.threshold
+        unstable = spread is not None and spread > threshold
+        judged_at = safe_threshold(spread) if unstable and spread is not None else threshold
         factor = reference_factor if self.policy.normalize and reference_factor else 1.0
-        now, base = float(np.median(current)), float(np.median(baseline))
-        ratio = now / base / factor
+        # The factor may excuse (raise the upper limit, lower the improvement limit), never accuse.
+        upper = slowest * (1.0 + judged_at) * max(factor, 1.0)
+        lower = fastest / (1.0 + judged_at) * min(factor, 1.0)
         values: dict[str, Any] = {
             "baseline_p50_ms": base * 1e3,
+            "baseline_sessions_ms": [p * 1e3 for p in base_p50s],
             "current_p50_ms": now * 1e3,
-            "ratio": ratio,
-            "raw_ratio": now / base,
+            "current_sessions_ms": [s.p50_s * 1e3 for s in current],
+            "ratio": now / base,
+            "upper_limit_ms": upper * 1e3,
+            "lower_limit_ms": lower * 1e3,
+            "threshold": threshold,
+            "judged_at": judged_at,
+            "between_spread": spread,
+            "unstable": unstable,
             "reference_factor": factor,
-            "threshold": self.policy.threshold,
-            "n_baseline": int(baseline.size),
-            "n_current": int(current.size),
         }
-        if min(current.size, baseline.size) >= MIN_GATE_SAMPLES:
-            low, high = bootstrap_ratio_ci(
-                current, baseline, self.policy.confidence, self.policy.resamples, self.policy.seed
-            )
-            values["ratio_ci"] = [low / factor, high / factor]
-            # Test in the direction the medians moved; equal medians are no evidence of either.
-            direction = "greater" if ratio > 1.0 else "less"
-            values["p_value"] = 1.0 if ratio == 1.0 else mann_whitney_p(current, baseline * factor, direction)
-        status, word = self._judge(ratio, now / base, values.get("p_value"))
-        return Verdict(self.name, status, f"p50 {base * 1e3:.4g} ms -> {now * 1e3:.4g} ms, {word}", values)
+        if now > upper:
+            status, word = "fail", "regressed"
+        elif now < lower:
+            status, word = "improved", "improved: refresh the baseline"
+        else:
+            status, word = "pass", "unchanged"
+        head = f"p50 {base * 1e3:.4g} ms -> {now * 1e3:.4g} ms (x{now / base:.3f})"
+        return Verdict(self.name, status, f"{head}, {_against(values, len(base_p50s))}: {word}", values)
 
-    def _judge(self, ratio: float, raw: float, p_value: float | None) -> tuple[str, str]:
-        """Fail (or improve) only when the normalized AND the raw ratio are beyond the limit.
 
-        The machine factor may excuse a slowdown that the whole machine shares, never accuse: a
-        reference workload was measured 13% faster while every case ran at its baseline speed
-        (docs/regression-gate.md), and a factor alone must not fail a case.
-        """
-        limit = 1.0 + self.policy.threshold
-        significant = p_value is None or p_value < self.policy.alpha
-        evidence = (
-            "threshold only: the baseline has too few raw samples" if p_value is None else f"p={p_value:.2g}"
+def _against(values: dict[str, Any], sessions: int) -> str:
+    """What the p50 was held against: the baseline sessions' range and the limit it sets."""
+    judged_at, spread = values["judged_at"], values["between_spread"]
+    limits = f"limits {values['lower_limit_ms']:.4g}-{values['upper_limit_ms']:.4g} ms"
+    if sessions == 1:
+        return (
+            f"{limits} (1 baseline session: how far sessions fall apart is unknown; refresh with "
+            "--perf-repeats 3)"
         )
-        if ratio > limit and raw > limit and significant:
-            return (
-                "fail",
-                f"x{ratio:.3f} slower than the baseline (limit x{limit:.2f}, {evidence}): regressed",
-            )
-        if ratio < 1.0 / limit and raw < 1.0 / limit and significant:
-            return (
-                "improved",
-                f"x{ratio:.3f} of the baseline (limit x{1 / limit:.2f}, {evidence}): improved: refresh the baseline",
-            )
-        if raw > limit >= ratio:
-            return (
-                "pass",
-                f"x{ratio:.3f} of the baseline: unchanged (raw x{raw:.3f}: the whole machine is slower)",
-            )
-        if ratio > limit >= raw:
-            return (
-                "pass",
-                f"x{ratio:.3f} after the machine factor, raw x{raw:.3f}: unchanged (a factor never fails a case)",
-            )
-        why = "within the threshold" if 1.0 / limit <= ratio <= limit else f"not significant ({evidence})"
-        return "pass", f"x{ratio:.3f} of the baseline: unchanged ({why})"
+    low, high = min(values["baseline_sessions_ms"]), max(values["baseline_sessions_ms"])
+    text = f"baseline's {sessions} sessions {low:.4g}-{high:.4g} ms, {limits} (their range +-{judged_at:.0%}"
+    if values["unstable"]:
+        text += f"; unstable at {values['threshold']:.0%}: its sessions vary by {spread:.1%}, judged at {judged_at:.0%}"
+    if values["reference_factor"] != 1.0:
+        text += f"; machine factor {values['reference_factor']:.3f}"
+    return text + ")"
 
 
 # Lowerings whose whole point is INT8 compute: a variant with none of it did nothing.

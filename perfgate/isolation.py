@@ -217,8 +217,12 @@ class IsolatedCaseRun:
         compare: bool,
         require_baseline: bool,
         on_step: Callable[[str], None],
+        repeats: int = 1,
+        earlier: CaseResult | None = None,
     ) -> None:
         self.case = case
+        self.repeats = repeats
+        self.earlier = earlier
         self.worker = worker
         self.nodeid = nodeid
         self.compare = compare
@@ -243,20 +247,14 @@ class IsolatedCaseRun:
         benchmark.group = self.case.model.name
         enabled = bool(getattr(benchmark, "enabled", True))
         self._call("time", timing_enabled=enabled)
-        if enabled:
-            show_in_benchmark(benchmark, self.result.samples_s)
+        if enabled and self.result.sessions:
+            show_in_benchmark(benchmark, self.result.sessions[-1]["samples_s"])
             benchmark.extra_info.update(perfgate_case=self.case.id, settings=self.result.settings)
         else:
             benchmark.pedantic(lambda: None, rounds=1)
 
     def check_regression(self) -> None:
-        from perfgate.execution import show_in_benchmark
-
-        try:
-            self._call("check_regression")
-        finally:
-            if self.result.settings.get("confirmed_measurement"):
-                show_in_benchmark(self._benchmark, self.result.samples_s)
+        self._call("check_regression")
 
     def close(self) -> None:
         if self._open and self.worker.proc is not None and self.worker.proc.poll() is None:
@@ -277,6 +275,8 @@ class IsolatedCaseRun:
             "nodeid": self.nodeid,
             "compare": self.compare,
             "require_baseline": self.require_baseline,
+            "repeats": self.repeats,
+            "earlier": self.earlier.to_dict() if self.earlier is not None else None,
             **extra,
         }
         try:

@@ -28,6 +28,7 @@ from perfgate.cache import ArtifactCache
 from perfgate.drift import Drift, baseline_drift
 from perfgate.guard import CaseError, CaseTimeout
 from perfgate.matrix import ALL_PROFILES, MatrixError, load_matrix
+from perfgate.passes import PASS_RESULT, forget
 from perfgate.report import regression_lines, terminal_lines, write_report
 from perfgate.results import CaseResult
 from perfgate.session import PerfgateSession
@@ -52,6 +53,7 @@ class RunState:
     worker: Any = None  # perfgate.isolation.CaseWorker under --perf-isolate
     lost: list[Any] = field(default_factory=list)  # perfgate.journal.LostRun
     current: Any = None  # the CaseRun running now, for a hang's record
+    passes: Any = None  # perfgate.passes.LaterPasses: repeats and confirmations after the other cases
     finished: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -123,6 +125,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--perf-require-baseline",
         action="store_true",
         help="under --benchmark-compare, fail a case that has no baseline instead of reporting it as new (default: off)",
+    )
+    group.addoption(
+        "--perf-repeats",
+        type=int,
+        metavar="K",
+        help="measure each case in K sessions, spread over the run (round-robin after the other cases, a fresh runtime session each); the gate judges the median of their p50s (default: 3 when refreshing baselines, else 1)",
     )
     group.addoption(
         "--perf-isolate",
@@ -207,6 +215,9 @@ def _check_options(config: pytest.Config) -> None:
             f"--benchmark-compare needs timings, and {untimed} disables them: the gate would judge nothing "
             "and every case would pass. Drop it, or drop --benchmark-compare for an accuracy-only run"
         )
+    repeats = config.getoption("perf_repeats")
+    if repeats is not None and repeats < 1:
+        raise pytest.UsageError(f"--perf-repeats {repeats}: a case needs at least 1 session")
     if untimed and config.getoption("perf_refresh_baselines"):
         raise pytest.UsageError(
             f"--perf-refresh-baselines needs timings, and {untimed} disables them: drop it"
@@ -219,6 +230,15 @@ def _check_options(config: pytest.Config) -> None:
             f"--benchmark-storage {storage} points into perfgate's baselines folder {root}: pytest-benchmark "
             "would save its runs beside the baselines. Keep its storage elsewhere (the default .benchmarks)"
         )
+
+
+def _repeats(config: pytest.Config) -> int:
+    """Sessions per case: ``--perf-repeats``, else 3 for a refresh (the baseline's spread between
+    sessions is what the gate judges against) and 1 for a compare or a plain run."""
+    repeats = config.getoption("perf_repeats", None)
+    if repeats is not None:
+        return int(repeats)
+    return 3 if config.getoption("perf_refresh_baselines") else 1
 
 
 def _timing_disabled(config: pytest.Config) -> str | None:
@@ -397,6 +417,8 @@ def perf_case(request: pytest.FixtureRequest) -> Iterator[Any]:
             request.node.nodeid,
             compare=config.stash[COMPARE],
             require_baseline=config.getoption("perf_require_baseline"),
+            repeats=_repeats(config),
+            earlier=_earlier(state, request.node.nodeid),
         )
     state.current = run
     try:
@@ -405,6 +427,7 @@ def perf_case(request: pytest.FixtureRequest) -> Iterator[Any]:
         run.close()
         state.current = None
         _record(request, run)
+        request.node.stash[PASS_RESULT] = run.result
 
 
 def _isolated_run(config: pytest.Config, state: RunState, case: Any, nodeid: str) -> Any:
@@ -436,6 +459,8 @@ def _isolated_run(config: pytest.Config, state: RunState, case: Any, nodeid: str
         config.stash[RUNNER],
         compare=config.stash[COMPARE],
         require_baseline=config.getoption("perf_require_baseline"),
+        repeats=_repeats(config),
+        earlier=_earlier(state, nodeid),
         on_step=lambda step: (
             session.progress(f"{case.id}: {step}"),
             _journal(config, "step", case_id=case.id, step=step),
@@ -443,16 +468,25 @@ def _isolated_run(config: pytest.Config, state: RunState, case: Any, nodeid: str
     )
 
 
+def _earlier(state: RunState, nodeid: str) -> Any:
+    """The result a case's later pass goes on from; ``None`` in its first pass."""
+    return state.passes.earlier(nodeid) if state.passes is not None else None
+
+
 def _record(request: pytest.FixtureRequest, run: Any) -> None:
     """Attach the case's result to the test report (pytest-xdist ships it to the controller)."""
     outcome, error, details = request.node.stash.get(
         CALL_OUTCOME, ("error", "the test did not run to its end", None)
     )
+    forget(request.node.stash, CALL_OUTCOME)
     if outcome == "skipped":
         return
     if outcome in ("error", "crashed"):
         run.result.status, run.result.error, run.result.details = outcome, error, details
-    request.node.user_properties.append((RESULT_PROPERTY, json.dumps(run.result.to_dict())))
+        run.result.pending = None
+    properties = request.node.user_properties
+    properties[:] = [p for p in properties if p[0] != RESULT_PROPERTY]  # an earlier pass's
+    properties.append((RESULT_PROPERTY, json.dumps(run.result.to_dict())))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -575,6 +609,24 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    """A case's first pass here; its later sessions (repeats, confirmation) after the last case."""
+    config = item.config
+    if "perf_case" not in getattr(item, "fixturenames", ()) or _serving(config) or not _timing_here(config):
+        return None
+    state = config.stash[STATE]
+    if state.passes is None:
+        from perfgate.passes import LaterPasses
+
+        state.passes = LaterPasses(
+            progress=lambda line: _progress(config, line),
+            on_start=lambda it: _journal(config, "case", nodeid=it.nodeid, case_id=_case_id(it.nodeid)),
+        )
+    state.passes.run(item, nextitem)
+    return True
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> bool | None:
     """In a ``--perf-isolate`` child: serve the parent's cases instead of running tests."""
     config = session.config
@@ -593,6 +645,8 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
             request["nodeid"],
             compare=request["compare"],
             require_baseline=request["require_baseline"],
+            repeats=request.get("repeats", 1),
+            earlier=CaseResult.from_dict(request["earlier"]) if request.get("earlier") else None,
         )
 
     serve(config, config.getoption("perf_serve"), make_run)

@@ -297,26 +297,12 @@ def regression_lines(results: Sequence[CaseResult], drift: Sequence[dict[str, st
     if not compared:
         return []
     compared.sort(key=lambda rv: (_comparison_order(rv[1]), rv[0].case_id))  # type: ignore[arg-type]
-    rows = []
-    for result, verdict in compared:
-        v = verdict.values  # type: ignore[union-attr]
-        ci = v.get("ratio_ci")
-        rows.append(
-            [
-                result.case_id,
-                _fmt(v.get("baseline_p50_ms"), ".4f"),
-                _fmt(v.get("current_p50_ms"), ".4f"),
-                _fmt(v.get("ratio"), ".3f"),
-                f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
-                _fmt(v.get("reference_factor"), ".3f"),
-                _comparison_status(verdict),  # type: ignore[arg-type]
-            ]
-        )
-    headers = ("case", "base p50 ms", "now p50 ms", "ratio", "95% CI", "machine", "verdict")
-    lines = ["", *text_table(headers, rows)]
-    lines.append(
-        "ratio: p50 now / p50 baseline, divided by the machine factor (reference workload now / then)"
-    )
+    rows = [
+        [result.case_id, *comparison_cells(verdict), _comparison_status(verdict)]  # type: ignore[arg-type]
+        for result, verdict in compared
+    ]
+    lines = ["", *text_table(COMPARISON_COLUMNS, rows), RATIO_NOTE]
+    lines += unstable_lines(results)
     lines += [
         f"incomparable: {result.case_id}: {incomparable_reasons(verdict)}"  # type: ignore[arg-type]
         for result, verdict in compared
@@ -437,21 +423,47 @@ def comparison_rows(results: Sequence[CaseResult]) -> list[list[str]]:
         ),
         key=lambda rv: (_comparison_order(rv[1]), rv[0].case_id),
     )
-    rows = []
-    for result, verdict in compared:
-        values, ci = verdict.values, verdict.values.get("ratio_ci")
-        rows.append(
-            [
-                f"`{result.case_id}`",
-                _fmt(values.get("baseline_p50_ms"), ".4f"),
-                _fmt(values.get("current_p50_ms"), ".4f"),
-                _fmt(values.get("ratio"), ".3f"),
-                f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
-                _fmt(values.get("reference_factor"), ".3f"),
-                f"**{verdict.status}**" if verdict.failed else verdict.status,
-            ]
+    return [
+        [
+            f"`{result.case_id}`",
+            *comparison_cells(verdict),
+            f"**{verdict.status}**" if verdict.failed else verdict.status,
+        ]
+        for result, verdict in compared
+    ]
+
+
+def comparison_cells(verdict: Verdict) -> list[str]:
+    """A compared case's figures: the baseline's sessions, the current p50, the ratio and the limit."""
+    values = verdict.values
+    sessions = values.get("baseline_sessions_ms") or []
+    spread = (
+        f"{min(sessions):.4f}-{max(sessions):.4f} ({len(sessions)})" if len(sessions) > 1 else "1 session"
+    )
+    return [
+        _fmt(values.get("baseline_p50_ms"), ".4f"),
+        spread,
+        _fmt(values.get("current_p50_ms"), ".4f"),
+        _fmt(values.get("ratio"), ".3f"),
+        _fmt(values.get("upper_limit_ms"), ".4f"),
+    ]
+
+
+def unstable_lines(results: Sequence[CaseResult]) -> list[str]:
+    """The compared cases whose baseline sessions vary by more than their threshold, and the
+    threshold they were judged at instead (they would cry wolf at theirs)."""
+    lines = []
+    for result in sorted(results, key=lambda r: r.case_id):
+        verdict = result.verdict("regression")
+        if verdict is None or not verdict.values.get("unstable"):
+            continue
+        v = verdict.values
+        lines.append(
+            f"unstable at {v['threshold']:.0%}: {result.case_id}: its baseline sessions vary by "
+            f"{v['between_spread']:.1%}, so it was judged at {v['judged_at']:.0%}; set its threshold "
+            f"to {v['judged_at']:.0%} or more, or steady the runner"
         )
-    return rows
+    return lines
 
 
 def incomparable_rows(results: Sequence[CaseResult]) -> list[list[str]]:
@@ -465,7 +477,7 @@ def incomparable_rows(results: Sequence[CaseResult]) -> list[list[str]]:
     return rows
 
 
-COMPARISON_COLUMNS = ("case", "base p50 ms", "now p50 ms", "ratio", "95% CI", "machine factor", "verdict")
+COMPARISON_COLUMNS = ("case", "base p50 ms", "base sessions ms", "now p50 ms", "ratio", "limit ms", "verdict")
 INCOMPARABLE_COLUMNS = ("case", "why the baseline cannot be compared", "verdict")
 
 
@@ -484,6 +496,8 @@ def _comparison_section(documents: Sequence[ResultsDocument]) -> list[str]:
             lines += [f"<details><summary>{summary}</summary>", "", ", ".join(new), "", "</details>", ""]
         if rows:
             lines += [*markdown_table(COMPARISON_COLUMNS, rows), "", RATIO_NOTE, ""]
+            if unstable := unstable_lines(doc.cases):
+                lines += [*(f"- {line}" for line in unstable), ""]
         if apart:
             lines += [
                 f"{len(apart)} incomparable: the baseline was taken on other hardware or with another "
@@ -495,7 +509,11 @@ def _comparison_section(documents: Sequence[ResultsDocument]) -> list[str]:
     return lines
 
 
-RATIO_NOTE = "ratio: p50 now / p50 baseline, over the machine factor (reference workload now / then)."
+RATIO_NOTE = (
+    "p50: the median of a case's sessions' p50s; ratio: now / baseline; limit: the baseline's slowest "
+    "session plus the threshold (a case above it fails, and a failure must repeat in a confirmation "
+    "after the other cases)."
+)
 
 
 def _model_table(results: Sequence[CaseResult]) -> list[str]:

@@ -57,6 +57,12 @@ class CaseResult:
     latency: LatencyStats | None = None
     samples_s: list[float] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
+    # Every measurement session of the case in this run, in order: a summary
+    # (perfgate.sessions.SessionSummary) plus ``kept`` (whether ``samples_s`` and the latency stand
+    # on it; a first reading its confirmation overturned is not) and its thinned ``samples_s``.
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    # The later session this case waits for: "repeat" or "confirmation"; None when it is done.
+    pending: str | None = None
     error: str | None = None
     # What the terminal leaves out: the full traceback of an error, the log tail of a crash.
     details: str | None = None

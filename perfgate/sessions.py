@@ -76,6 +76,18 @@ class SessionSummary:
         return cls(**known)
 
 
+# Each session keeps at most this many samples (evenly thinned), in results and baselines alike.
+MAX_SESSION_SAMPLES = 2000
+
+
+def thin(samples: Sequence[float], limit: int = MAX_SESSION_SAMPLES) -> list[float]:
+    """At most ``limit`` samples, taken evenly across the session so drift within it is kept."""
+    if len(samples) <= limit:
+        return [round(float(s), 9) for s in samples]
+    step = len(samples) / limit
+    return [round(float(samples[int(i * step)]), 9) for i in range(limit)]
+
+
 def session_p50(sessions: Sequence[SessionSummary]) -> float:
     """A run's value for a case: the median of its sessions' p50s (their mean for two)."""
     if not sessions:
