@@ -1,15 +1,29 @@
-"""The ``perfgate`` command: re-render and merge saved reports without re-running anything.
+"""The ``perfgate`` command: re-render and merge saved reports, and read the history of runs.
 
 perfgate report cpu/results.json gpu/results.json -o merged-report
+perfgate history show digits_resnet-fp32-torch_cpu-b1 --store perf-history.db
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from perfgate.history import (
+    MIN_CHANGE_POINTS,
+    ChangePoint,
+    HistoryError,
+    HistoryStore,
+    Point,
+    change_points,
+    format_ms,
+    merge,
+    plot_series,
+)
+from perfgate.report import text_table
 from perfgate.results import RESULTS_SCHEMA_VERSION, ResultsDocument, ResultsError, load_results
 
 
@@ -52,7 +66,84 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-plots", action="store_true", help="write report.md only, without matplotlib (default: plots on)"
     )
     report.set_defaults(handler=run_report)
+    add_history_parser(commands)
     return parser
+
+
+HISTORY_ENV = "PERFGATE_HISTORY"
+
+
+def _store_option(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--store",
+        type=Path,
+        metavar="PATH",
+        default=default,
+        help=f"the history store, a SQLite file (default: ${HISTORY_ENV})",
+    )
+
+
+def _series_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("case", metavar="CASE", help="the case id, as `perfgate history list` shows it")
+    parser.add_argument(
+        "--fingerprint",
+        metavar="HASH",
+        help="only the runs of this runner fingerprint (a prefix is enough; default: every fingerprint)",
+    )
+    parser.add_argument(
+        "--accepted-only", action="store_true", help="only accepted runs (default: every recorded run)"
+    )
+    _store_option(parser, argparse.SUPPRESS)
+
+
+def add_history_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``perfgate history`` and its actions: list, show, plot, merge."""
+    history = commands.add_parser(
+        "history",
+        help="read the history of runs: list cases, show a case's series and change points, plot, merge",
+        description="Read the history store that pytest --perf-history PATH (or $PERFGATE_HISTORY) appends "
+        "every run to. Without an action, lists the cases.",
+    )
+    _store_option(history, None)
+    history.set_defaults(handler=run_history_list)
+    actions = history.add_subparsers(dest="action", metavar="ACTION")
+    listing = actions.add_parser("list", help="every case with its run count, last p50 and runners")
+    _store_option(listing, argparse.SUPPRESS)
+    listing.set_defaults(handler=run_history_list)
+    show = actions.add_parser(
+        "show",
+        help="a case's runs, one line each, and the change points found in them",
+        description="A case's runs in time order, then the change points in its series (PELT on log p50, "
+        "see docs/history.md), per runner fingerprint.",
+    )
+    _series_options(show)
+    show.add_argument(
+        "--min-effect",
+        type=float,
+        default=0.02,
+        metavar="FRACTION",
+        help="the smallest change of the p50 reported (default: 0.02, 2%%)",
+    )
+    show.set_defaults(handler=run_history_show)
+    plot = actions.add_parser("plot", help="draw a case's series with its change points as a PNG")
+    _series_options(plot)
+    plot.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.png", help="the PNG to write")
+    plot.set_defaults(handler=run_history_plot)
+    merge = actions.add_parser(
+        "merge",
+        help="merge several runners' stores into one",
+        epilog="example: perfgate history merge cpu/history.db gpu/history.db -o all.db",
+    )
+    merge.add_argument("sources", nargs="+", type=Path, metavar="STORE.db", help="the stores to merge")
+    merge.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="OUT.db",
+        help="the merged store (added to if it exists)",
+    )
+    merge.set_defaults(handler=run_history_merge)
 
 
 def check_runners(documents: Sequence[ResultsDocument]) -> None:
@@ -86,6 +177,135 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def history_store(args: argparse.Namespace) -> HistoryStore:
+    """The store named by --store, else $PERFGATE_HISTORY; it must exist (reading never creates one).
+
+    :raises CliError: neither names a store.
+    """
+    path = args.store or os.environ.get(HISTORY_ENV)
+    if not path:
+        raise CliError(f"no history store: pass --store PATH or set {HISTORY_ENV}")
+    return HistoryStore(path, create=False)
+
+
+def run_history_list(args: argparse.Namespace) -> int:
+    """``perfgate history [list]``: one line per case."""
+    store = history_store(args)
+    infos = store.cases()
+    if not infos:
+        print(f"perfgate: {store.path} holds no runs yet")
+        return 0
+    rows = [
+        [
+            i.case_id,
+            str(i.runs),
+            str(i.accepted),
+            format_ms(i.last_p50_s),
+            i.last_started[:19],
+            ", ".join(i.runners),
+        ]
+        for i in infos
+    ]
+    for line in text_table(["case", "runs", "accepted", "last p50 ms", "last run (UTC)", "runner(s)"], rows):
+        print(line)
+    return 0
+
+
+def case_series(store: HistoryStore, args: argparse.Namespace) -> dict[str, list[Point]]:
+    """The case's runs per fingerprint, those matching --fingerprint only.
+
+    :raises CliError: the case, or its fingerprint, is not in the store.
+    """
+    points = store.series(args.case, accepted_only=args.accepted_only)
+    if not points:
+        known = [i.case_id for i in store.cases()]
+        hint = "; it holds no cases yet" if not known else ": see `perfgate history list`"
+        raise CliError(f"case {args.case!r} has no runs in {store.path}{hint}")
+    groups: dict[str, list[Point]] = {}
+    for point in points:
+        if args.fingerprint is None or point.fingerprint.startswith(args.fingerprint):
+            groups.setdefault(point.fingerprint, []).append(point)
+    if not groups:
+        found = ", ".join(sorted({p.fingerprint for p in points}))
+        raise CliError(
+            f"case {args.case!r} has no runs of fingerprint {args.fingerprint} in {store.path} (it has: {found})"
+        )
+    return groups
+
+
+def series_lines(points: Sequence[Point], changes: Sequence[ChangePoint]) -> list[str]:
+    """One line per run (numbered from 1, as the change lines count), then the changes found."""
+    rows = [
+        [
+            str(n),
+            p.started[:19],
+            p.run_id,
+            p.commit[:7] or "-",
+            format_ms(p.p50_s),
+            str(p.sessions),
+            p.status + (" (refresh)" if p.refreshed else ""),
+            "yes" if p.accepted else f"no: {p.reason}" if p.reason else "no",
+        ]
+        for n, p in enumerate(points, start=1)
+    ]
+    lines = text_table(["#", "time (UTC)", "run", "commit", "p50 ms", "sessions", "status", "accepted"], rows)
+    if len(points) < MIN_CHANGE_POINTS:
+        return [*lines, f"no change point sought: {len(points)} runs, {MIN_CHANGE_POINTS} needed"]
+    return [*lines, *(change_line(points, c) for c in changes)] if changes else [*lines, "no change point"]
+
+
+def change_line(points: Sequence[Point], change: ChangePoint) -> str:
+    """``change at run 7 (commit abc1234..def5678): p50 1.400 ms -> 1.550 ms (+10.7%)``."""
+    if change.before_commit and change.after_commit:
+        where = f"commit {change.before_commit[:7]}..{change.after_commit[:7]}"
+    else:
+        where = f"runs {change.before_run}..{change.after_run}"
+    return (
+        f"change at run {change.index + 1} ({where}): p50 {format_ms(change.before_p50_s)} ms -> "
+        f"{format_ms(change.after_p50_s)} ms ({change.magnitude:+.1%})"
+    )
+
+
+def run_history_show(args: argparse.Namespace) -> int:
+    """``perfgate history show CASE``: the series and its change points, per fingerprint."""
+    groups = case_series(history_store(args), args)
+    for fingerprint, points in groups.items():
+        runners = ", ".join(dict.fromkeys(p.runner for p in points))
+        print(f"{args.case} on fingerprint {fingerprint} (runner {runners}): {len(points)} runs")
+        for line in series_lines(points, change_points(points, min_effect=args.min_effect)):
+            print(f"  {line}")
+    return 0
+
+
+def run_history_plot(args: argparse.Namespace) -> int:
+    """``perfgate history plot CASE -o FILE.png``: the latest fingerprint's series, unless one is named."""
+    groups = case_series(history_store(args), args)
+    fingerprint = max(groups, key=lambda f: groups[f][-1].started)
+    points = groups[fingerprint]
+    try:
+        plot_series(points, change_points(points), args.output, title=f"{args.case} ({fingerprint[:8]})")
+    except ModuleNotFoundError as exc:
+        if exc.name != "matplotlib":
+            raise
+        raise CliError("plots need matplotlib: pip install 'perfgate[report]'") from exc
+    others = sorted(set(groups) - {fingerprint})
+    note = f" (other fingerprints: {', '.join(others)}; pick one with --fingerprint)" if others else ""
+    print(
+        f"perfgate: {len(points)} runs of {args.case} on fingerprint {fingerprint} plotted into {args.output}{note}"
+    )
+    return 0
+
+
+def run_history_merge(args: argparse.Namespace) -> int:
+    """``perfgate history merge A.db B.db -o OUT.db``: prints what was added."""
+    counts = merge(args.sources, args.output)
+    print(
+        f"perfgate: merged {len(args.sources)} store(s) into {args.output}: {counts.runs} runs and "
+        f"{counts.cases} case results added, {counts.duplicates} already there"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``perfgate`` console script.
 
@@ -96,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ResultsError, CliError) as exc:
+    except (ResultsError, CliError, HistoryError) as exc:
         parser.exit(2, f"perfgate: error: {exc}\n")
     except ModuleNotFoundError as exc:
         if exc.name != "matplotlib":

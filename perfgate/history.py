@@ -330,9 +330,9 @@ class HistoryStore:
         :param accepted_only: only the accepted runs.
         """
         query = (
-            "SELECT r.run_id, r.started, r.commit_sha, c.p50_s, c.accepted, r.fingerprint, c.status, "
-            "c.n_sessions, r.runner, r.branch, c.reason, c.refreshed FROM cases c JOIN runs r USING (run_id) "
-            "WHERE c.case_id = ?"
+            "SELECT r.run_id, r.started, r.commit_sha AS 'commit', c.p50_s, c.accepted, r.fingerprint, "
+            "c.status, c.n_sessions AS sessions, r.runner, r.branch, c.reason, c.refreshed "
+            "FROM cases c JOIN runs r USING (run_id) WHERE c.case_id = ?"
         )
         params: list[Any] = [case_id]
         if fingerprint is not None:
@@ -342,7 +342,10 @@ class HistoryStore:
             query += " AND c.accepted = 1"
         with self._connect() as conn:
             rows = conn.execute(query + " ORDER BY r.started, r.run_id", params).fetchall()
-        return [Point(*row[:4], bool(row[4]), *row[5:10], bool(row[10])) for row in rows]
+        return [
+            Point(**{**dict(row), "accepted": bool(row["accepted"]), "refreshed": bool(row["refreshed"])})
+            for row in rows
+        ]
 
     def sessions(self, run_id: str, case_id: str) -> list[SessionSummary]:
         """The sessions stored for one case of one run, empty when there is none."""
@@ -653,8 +656,10 @@ def plot_series(points: Sequence[Point], changes: Sequence[ChangePoint], path: P
             xytext=(3, -12),
             textcoords="offset points",
             color="tab:orange",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
         )
     _commit_ticks(axes, points)
+    axes.margins(y=0.15)  # room above the points for the changes' labels
     axes.set_ylabel("p50 (ms)")
     axes.set_title(title)
     axes.legend(loc="best", fontsize="small")
