@@ -1,190 +1,298 @@
-"""False-alarm rate and power of perfgate's regression gate, next to pytest-benchmark's mean:10%.
+"""False alarms and power of the shipped regression gate, measured across separate processes.
 
-Real cases of perf/matrix.toml (built through perfgate, cached) are timed in many short,
-independent measurement sessions: each session loads the backend afresh, warms up, times the
-bound ``run`` for ``--seconds`` and then times the reference workload, as a pytest run does.
-Per trial, in random order: a baseline session, an unchanged session (A/A), and sessions with a
-real slowdown injected into the inference path (a busy-wait of 5%, 10%, 20% of the case's p50
-after every ``run``). Each comparison is judged by perfgate's gate at two thresholds and by
-pytest-benchmark's own ``--benchmark-compare-fail=mean:10%`` rule on the same samples.
+Each trial is an independent ``pytest`` process on real cases of the zoo (fp32 of three models on
+every CPU backend, and static INT8 of digits_resnet where it exists), loading the artifacts from
+the cache, running the shipped gate end to end: the first reading, then a confirmation after the
+other cases. A slowdown is injected in the inference path: the backend session's ``run`` spins
+on for +5%, +10% or +20% of the case's baseline p50 after each call (``conftest.py`` below). Each
+trial gives each case a level in rotation (half of them unchanged, A/A). A baseline refresh
+(``--perf-repeats 3``, its own process) opens each block of trials, so the comparisons do not
+all lean on one baseline.
 
-    python benchmarks/gate_power.py --trials 100 --seconds 0.25
+The trials run at a 2% threshold so that every reading a higher threshold would confirm is
+confirmed; ``analyze`` then judges each comparison with the shipped ``RegressionGate`` at each
+threshold (first reading, then its confirmation), and the old gate (Mann-Whitney U at 0.01 and
+the threshold on one session's raw samples, with the machine factor) on the same samples.
 
-Prints a Markdown table (docs/regression-gate.md holds the measured one).
+    python benchmarks/gate_power.py run --trials 70 --out /tmp/gate-power   # ~35 min here
+    python benchmarks/gate_power.py analyze /tmp/gate-power/trials.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import random
+import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections import defaultdict
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+LEVELS = (0.0, 0.0, 0.20, 0.0, 0.10, 0.0, 0.05, 0.20)  # rotated over the cases: half A/A
+THRESHOLDS = (0.03, 0.05, 0.07, 0.10, 0.15)
 
-from pytest_benchmark.utils import parse_compare_fail  # noqa: E402
+MATRIX = """
+pythonpath = ["{repo}"]
+batch_sizes = [1]
 
-from perfgate import hardware  # noqa: E402
-from perfgate.cache import ArtifactCache  # noqa: E402
-from perfgate.execution import CaseRun  # noqa: E402
-from perfgate.gates import RegressionGate, RegressionPolicy  # noqa: E402
-from perfgate.matrix import load_matrix  # noqa: E402
-from perfgate.reference_workload import measure_reference, reference_kernel  # noqa: E402
-from perfgate.session import PerfgateSession  # noqa: E402
+[timing]
+warmup_rounds = 20
+warmup_time_s = 0.2
+min_rounds = 200
+min_time_s = 0.5
 
-SLOWDOWNS = (0.05, 0.10, 0.20)
-MACHINE = 1.15  # the "whole runner 15% slower today" scenario
-DEFAULT_CASES = ("digits_resnet-fp32-onnxruntime_cpu-b1", "digits_resnet-fp32-torch_cpu-b1")
+[threads]
+intra_op = 1
+inter_op = 1
+
+[regression]
+threshold = 0.02   # low, so that every reading a higher threshold would confirm is confirmed
+
+[models.digits_resnet]
+factory = "fixtures.zoo:digits_resnet"
+data = "fixtures.digits:digits"
+metric = "top1"
+
+[models.digits_mobilenet]
+factory = "fixtures.zoo:digits_mobilenet"
+data = "fixtures.digits:digits"
+metric = "top1"
+exclude = ["int8_static"]
+
+[models.digits_transformer]
+factory = "fixtures.zoo:digits_transformer"
+data = "fixtures.digits:digits"
+metric = "top1"
+exclude = ["int8_static"]
+
+[techniques.fp32]
+[techniques.int8_static]
+options = {{ calibration = {{ method = "minmax", size = 256 }} }}
+
+[backends.torch_cpu]
+[backends.onnxruntime_cpu]
+[backends.torch_compile_cpu]
+[backends.openvino_cpu]
+[backends.openvino_cpu_throughput]
+[backends.litert_cpu]
+"""
+
+# The injected slowdown: after every call of a case's bound run, spin for the seconds given.
+CONFTEST = '''
+import json
+import os
+import time
+
+import pytest
+
+EXTRA_S = json.loads(os.environ.get("GATE_POWER_EXTRA_S", "{}"))
 
 
-def busy_wait(seconds: float) -> None:
-    """Spin (not sleep) so the delay is CPU work in the inference path, like a slower kernel."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-def slowed(run: Callable[[], None], delay_s: float) -> Callable[[], None]:
-    if delay_s <= 0:
-        return run
-
-    def step() -> None:
+def _slowed(run, extra_s):
+    def run_and_spin():
         run()
-        busy_wait(delay_s)
+        end = time.perf_counter() + extra_s
+        while time.perf_counter() < end:
+            pass
 
-    return step
-
-
-def stretched(call: Callable[[], None], factor: float) -> Callable[[], None]:
-    """``call`` on a machine ``factor`` times slower: every call spins on for (factor - 1) of its own time."""
-
-    def step() -> None:
-        start = time.perf_counter()
-        call()
-        busy_wait((time.perf_counter() - start) * (factor - 1.0))
-
-    return step
+    return run_and_spin
 
 
-def built_case(case_id: str) -> CaseRun:
-    """The case built, loaded and bound exactly as the plugin does it."""
-    matrix = load_matrix(REPO / "perf" / "matrix.toml")
-    case = next(c for c in matrix.cases if c.id == case_id)
-    session = PerfgateSession(
-        matrix=matrix,
-        hardware=hardware.detect(),
-        runner="gate-power",
-        cache=ArtifactCache(Path(os.environ.get("PERFGATE_CACHE", REPO / ".perfgate_cache"))),
-        baseline_root=REPO / "baselines",
-        progress=lambda line: print(f"  {line}", file=sys.stderr),
+class _SlowedBackend:
+    def __init__(self, backend):
+        self._backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def load(self, artifact, request, settings):
+        session = self._backend.load(artifact, request, settings)
+        extra_s = EXTRA_S.get(request.case_id)
+        if extra_s:
+            session.run = _slowed(session.run, extra_s)
+        return session
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_perfgate_register(backends, techniques, metrics):
+    for name in ("torch_cpu", "onnxruntime_cpu", "torch_compile_cpu", "openvino_cpu", "openvino_cpu_throughput", "litert_cpu"):
+        backends.register(name, _SlowedBackend(backends.get(name)))
+'''
+
+
+def _pytest(out: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    command = [sys.executable, "-m", "pytest", "perf", "-q", "-p", "no:cacheprovider", *args]
+    command += [f"--perf-cache={REPO / '.perfgate_cache'}", "--perf-runner=power"]
+    subprocess.run(command, cwd=out, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, check=False)
+
+
+def _setup(out: Path) -> None:
+    (out / "perf").mkdir(parents=True, exist_ok=True)
+    (out / "perf" / "matrix.toml").write_text(MATRIX.format(repo=REPO.as_posix()))
+    (out / "perf" / "test_inference.py").write_text((REPO / "perf" / "test_inference.py").read_text())
+    (out / "conftest.py").write_text(CONFTEST)
+    (out / "pytest.ini").write_text("[pytest]\n")
+
+
+def _baseline(out: Path) -> dict[str, Any]:
+    return json.loads((out / "baselines" / "power" / "0001_baseline.json").read_text())
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    _setup(out)
+    trials = out / "trials.jsonl"
+    for trial in range(args.trials):
+        if trial % args.refresh_every == 0:
+            _pytest(out, "--perf-refresh-baselines", "--perf-repeats=3")
+            baseline = _baseline(out)
+        cases = sorted(baseline["perfgate"]["cases"])
+        levels = {case: LEVELS[(trial + i) % len(LEVELS)] for i, case in enumerate(cases)}
+        p50 = {c: statistics.median(s["p50_s"] for s in baseline["perfgate"]["cases"][c]["sessions"]) for c in cases}  # fmt: skip
+        extra = {c: p50[c] * level for c, level in levels.items() if level}
+        report = out / "report"
+        load_before = os.getloadavg()[0]
+        _pytest(out, "--benchmark-compare", f"--perf-report={report}", env={"GATE_POWER_EXTRA_S": json.dumps(extra)})
+        load_after = os.getloadavg()[0]
+        results = json.loads((report / "results.json").read_text())
+        with trials.open("a") as f:
+            for case in results["cases"]:
+                stored = baseline["perfgate"]["cases"].get(case["case_id"])
+                if stored is None or case.get("verdict") is None and not case.get("verdicts"):
+                    continue
+                base_entry = next(b for b in baseline["benchmarks"] if b["params"]["perf_case"] == case["case_id"])
+                start, end = stored["sessions"][0]["samples"]
+                record = {
+                    "trial": trial,
+                    "case_id": case["case_id"],
+                    "backend": case["backend"],
+                    "level": levels.get(case["case_id"], 0.0),
+                    "baseline_sessions": stored["sessions"],
+                    "baseline_first_samples": base_entry["stats"]["data"][start:end],
+                    "sessions": case["sessions"],
+                    "verdict": next((v for v in case["verdicts"] if v["gate"] == "regression"), None),
+                    "load": [load_before, load_after],
+                    "time": time.time(),
+                }
+                f.write(json.dumps(record) + "\n")
+        print(f"trial {trial + 1}/{args.trials}: load {load_before:.1f}-{load_after:.1f}", flush=True)
+
+
+def _new_verdict(record: dict[str, Any], threshold: float) -> tuple[str, bool]:
+    """The shipped gate at ``threshold`` on the recorded sessions: (status, confirmation taken)."""
+    sys.path.insert(0, str(REPO))
+    from perfgate.gates import RegressionGate, RegressionPolicy
+    from perfgate.sessions import SessionSummary
+
+    gate = RegressionGate(RegressionPolicy(threshold=threshold))
+    base = [SessionSummary.from_dict(s) for s in record["baseline_sessions"]]
+    sessions = [SessionSummary.from_dict(s) for s in record["sessions"]]
+    first = [s for s in sessions if s.kind != "confirmation"]
+    confirmations = [s for s in sessions if s.kind == "confirmation"]
+    verdict = gate.compute(first, base).status
+    if verdict != "fail":
+        return verdict, False
+    if not confirmations:  # the 2% run did not need one: cannot happen when the first fails at >= 2%
+        raise SystemExit(f"trial {record['trial']} {record['case_id']}: a failing reading without its confirmation")
+    return gate.compute(confirmations[:1], base).status, True
+
+
+def _old_verdict(record: dict[str, Any], threshold: float) -> str:
+    """The gate before sessions: one-sided Mann-Whitney U at 0.01 and the threshold on the raw
+    samples of one baseline session and the first reading, normalized by the machine factor."""
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    base = np.asarray(record["baseline_first_samples"])
+    first = next(s for s in record["sessions"] if s["kind"] != "confirmation")
+    now = np.asarray(first["samples_s"])
+    ref_then, ref_now = record["baseline_sessions"][0].get("reference_us"), first.get("reference_us")
+    factor = ref_now / ref_then if ref_then and ref_now else 1.0
+    raw = float(np.median(now) / np.median(base))
+    ratio, limit = raw / factor, 1.0 + threshold
+    if ratio > limit and raw > limit:
+        if mannwhitneyu(now, base * factor, alternative="greater").pvalue < 0.01:
+            return "fail"
+    return "pass"
+
+
+OLD_THRESHOLDS = {"torch_cpu": 0.10, "torch_compile_cpu": 0.10, "openvino_cpu_throughput": 0.15}
+
+
+def analyze(args: argparse.Namespace) -> None:
+    records = [json.loads(line) for line in Path(args.trials).read_text().splitlines() if line.strip()]
+    by_backend: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_backend[record["backend"]].append(record)
+    loads = [x for r in records for x in r["load"]]
+    trials = len({r["trial"] for r in records})
+    print(f"{len(records)} comparisons in {trials} trials; load average {min(loads):.1f}-{max(loads):.1f} (median {statistics.median(loads):.1f}) on {os.cpu_count()} cores\n")  # fmt: skip
+    header = "| backend | rule | A/A comparisons | false alarms | detected +5% | detected +10% | detected +20% |"
+    print(header)
+    print("|---|---|---|---|---|---|---|")
+    for backend in sorted(by_backend):
+        rows = by_backend[backend]
+        for threshold in THRESHOLDS:
+            print(_row(backend, f"sessions, {threshold:.0%}", rows, lambda r, t=threshold: _new_verdict(r, t)[0]))
+        old = OLD_THRESHOLDS.get(backend, 0.05)
+        print(_row(backend, f"old gate, {old:.0%}", rows, lambda r, t=old: _old_verdict(r, t)))
+    _machine_factor(records)
+
+
+def _row(backend: str, rule: str, rows: list[dict[str, Any]], judge: Any) -> str:
+    cells = []
+    aa = [r for r in rows if r["level"] == 0.0]
+    alarms = sum(judge(r) == "fail" for r in aa)
+    cells.append(f"{len(aa)}")
+    cells.append(f"{alarms} ({alarms / len(aa):.1%})" if aa else "-")
+    for level in (0.05, 0.10, 0.20):
+        hit = [r for r in rows if r["level"] == level]
+        caught = sum(judge(r) == "fail" for r in hit)
+        cells.append(f"{caught}/{len(hit)} ({caught / len(hit):.0%})" if hit else "-")
+    return f"| {backend} | {rule} | " + " | ".join(cells) + " |"
+
+
+def _machine_factor(records: list[dict[str, Any]]) -> None:
+    """Does the reference workload track the cases? Its ratio against each A/A case's ratio."""
+    import numpy as np
+
+    pairs = []
+    for r in records:
+        if r["level"] != 0.0:
+            continue
+        first = next(s for s in r["sessions"] if s["kind"] != "confirmation")
+        then = [s["reference_us"] for s in r["baseline_sessions"] if s.get("reference_us")]
+        base = statistics.median(s["p50_s"] for s in r["baseline_sessions"])
+        if then and first.get("reference_us"):
+            pairs.append((first["reference_us"] / statistics.median(then), first["p50_s"] / base))
+    if not pairs:
+        return
+    factor, ratio = np.log(np.asarray(pairs)).T
+    corrected = ratio - factor
+    print(
+        f"\nmachine factor over {len(pairs)} A/A comparisons: factor spread (sd of log) {factor.std():.3f}, "
+        f"case ratio spread {ratio.std():.3f}, after dividing by the factor {corrected.std():.3f}; "
+        f"correlation {np.corrcoef(factor, ratio)[0, 1]:.2f}"
     )
-    run = CaseRun(case, session, nodeid=case_id)
-    run.build()
-    return run
-
-
-def session_samples(
-    case: CaseRun, delay_s: float, seconds: float, machine: float = 1.0
-) -> tuple[np.ndarray, float]:
-    """One measurement session: a fresh backend session, warmup, timed calls, then the reference.
-
-    :param delay_s: the injected slowdown of the case alone, per call.
-    :param machine: > 1 makes the whole machine slower: the case and the reference workload alike.
-    """
-    assert case.artifact is not None and case.request is not None and case.model is not None
-    runtime = case.backend.load(case.artifact, case.request, case._run_settings())
-    runtime.bind(case.model.data.example(case.case.batch_size))
-    step = slowed(runtime.run, delay_s)
-    step = stretched(step, machine) if machine != 1.0 else step
-    warm_end = time.perf_counter() + 0.05
-    while time.perf_counter() < warm_end:
-        step()
-    samples = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        start = time.perf_counter()
-        step()
-        samples.append(time.perf_counter() - start)
-    runtime.close()
-    reference = stretched(reference_kernel(), machine) if machine != 1.0 else None
-    return np.asarray(samples), measure_reference(kernel=reference)
-
-
-def pytest_benchmark_fails(current: np.ndarray, baseline: np.ndarray) -> bool:
-    """pytest-benchmark's own rule, through its own parser and check class."""
-    check = parse_compare_fail("mean:10%")
-    return bool(check.fails({"mean": float(current.mean())}, {"mean": float(baseline.mean())}))
-
-
-def measure(case_id: str, trials: int, seconds: float, seed: int) -> dict[str, dict[str, int]]:
-    case = built_case(case_id)
-    p50 = float(np.median(session_samples(case, 0.0, seconds)[0]))
-    print(f"{case_id}: p50 {p50 * 1e6:.1f} us; {trials} trials", file=sys.stderr)
-    # 200 bootstrap resamples instead of 1000: the interval is reported, it does not decide.
-    gates = {
-        "perfgate t=5%": RegressionGate(RegressionPolicy(threshold=0.05, resamples=200)),
-        "perfgate t=10%": RegressionGate(RegressionPolicy(threshold=0.10, resamples=200)),
-        "perfgate t=5%, no normalization": RegressionGate(
-            RegressionPolicy(threshold=0.05, normalize=False, resamples=200)
-        ),
-    }
-    scenarios = ("A/A", *(f"+{int(s * 100)}%" for s in SLOWDOWNS), "machine x1.15")
-    alarms = {g: dict.fromkeys(scenarios, 0) for g in [*gates, "pytest-benchmark mean:10%"]}
-    rng = random.Random(seed)
-    for trial in range(trials):
-        order = [
-            ("base", 0.0, 1.0),
-            ("A/A", 0.0, 1.0),
-            *((f"+{int(s * 100)}%", s * p50, 1.0) for s in SLOWDOWNS),
-        ]
-        order.append(("machine x1.15", 0.0, MACHINE))
-        rng.shuffle(order)  # no scenario always runs first or last: slow drifts hit all alike
-        measured = {name: session_samples(case, delay, seconds, machine) for name, delay, machine in order}
-        base, base_ref = measured["base"]
-        for scenario in scenarios:
-            current, ref = measured[scenario]
-            for name, gate in gates.items():
-                alarms[name][scenario] += gate.compute(current, base, ref / base_ref).status == "fail"
-            alarms["pytest-benchmark mean:10%"][scenario] += pytest_benchmark_fails(current, base)
-        if (trial + 1) % 10 == 0:
-            print(f"  {trial + 1}/{trials} trials", file=sys.stderr)
-    case.close()
-    return alarms
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), metavar="CASE_ID")
-    parser.add_argument(
-        "--trials", type=int, default=100, help="baseline/A-A/slowed session sets per case (default 100)"
-    )
-    parser.add_argument(
-        "--seconds", type=float, default=0.25, help="timed seconds per session (default 0.25)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    runner = commands.add_parser("run")
+    runner.add_argument("--trials", type=int, default=70)
+    runner.add_argument("--refresh-every", type=int, default=10)
+    runner.add_argument("--out", required=True)
+    runner.set_defaults(handler=run)
+    analyzer = commands.add_parser("analyze")
+    analyzer.add_argument("trials")
+    analyzer.set_defaults(handler=analyze)
     args = parser.parse_args()
-    load = os.getloadavg()
-    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", file=sys.stderr)
-    for case_id in args.cases:
-        alarms = measure(case_id, args.trials, args.seconds, args.seed)
-        print(f"\n### {case_id} ({args.trials} trials, {args.seconds} s per session)\n")
-        print(
-            "| rule | false alarms (A/A) | detected +5% | detected +10% | detected +20% | alarms, machine x1.15 |"
-        )
-        print("|---|---|---|---|---|---|")
-        for rule, counts in alarms.items():
-            cells = [f"{100 * counts[s] / args.trials:.0f}%" for s in counts]
-            print(f"| {rule} | " + " | ".join(cells) + " |")
-    load = os.getloadavg()
-    print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", file=sys.stderr)
+    args.handler(args)
 
 
 if __name__ == "__main__":

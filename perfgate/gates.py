@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from perfgate.accuracy import AccuracyResult, Fidelity
 from perfgate.sessions import SessionSummary, between_spread, session_p50
-from perfgate.validation import Rule, boolean, check_table, integer, number, optional
+from perfgate.validation import Rule, SettingError, boolean, check_table, integer, number, optional
 
 
 @dataclass(frozen=True)
@@ -293,8 +293,21 @@ class RegressionPolicy:
 
         :raises SettingError: a key is unknown or a value has the wrong type or range.
         """
+        removed = sorted(set(overrides) & REMOVED_REGRESSION_SETTINGS)
+        if removed:
+            raise SettingError(
+                removed[0],
+                overrides[removed[0]],
+                "no longer a setting: the gate judges sessions against the spread between the "
+                "baseline's sessions, not raw samples with a significance test (docs/regression-gate.md); "
+                "delete it",
+            )
         check_table(overrides, self.RULES, "regression setting")
         return replace(self, **overrides)
+
+
+# The settings of the gate before sessions (Mann-Whitney U and a bootstrap interval on raw samples).
+REMOVED_REGRESSION_SETTINGS = frozenset({"alpha", "confidence", "resamples", "seed"})
 
 
 def safe_threshold(spread: float) -> float:

@@ -249,18 +249,15 @@ def test_integer_timing_settings_accept_exactly_the_integers_in_range(key: str, 
         ('threshold = "10%"', '[regression] threshold = "10%": must be a finite number >= 0'),
         ("threshold = -0.1", "[regression] threshold = -0.1: must be a finite number >= 0"),
         ("threshold = nan", "[regression] threshold = nan: must be a finite number >= 0"),
-        ("alpha = 0", "[regression] alpha = 0: must be a number in (0, 1)"),
-        ("alpha = 1.0", "[regression] alpha = 1.0: must be a number in (0, 1)"),
-        ("confidence = 2.0", "[regression] confidence = 2.0: must be a number in (0, 1)"),
-        ("resamples = 0", "[regression] resamples = 0: must be an integer >= 1"),
-        ("seed = -1", "[regression] seed = -1: must be an integer >= 0"),
+        ("alpha = 0.01", "[regression] alpha = 0.01: no longer a setting: the gate judges sessions"),
+        ("resamples = 1000", "[regression] resamples = 1000: no longer a setting"),
         ('normalize = "yes"', '[regression] normalize = "yes": must be true or false'),
         ("confirm = -1", "[regression] confirm = -1: must be an integer >= 0"),
         ("confirm = 1.5", "[regression] confirm = 1.5: must be an integer >= 0"),
         ("confirm = true", "[regression] confirm = true: must be an integer >= 0"),
         (
             "treshold = 0.1",
-            "[regression] treshold = 0.1: unknown regression setting; valid: alpha, confidence",
+            "[regression] treshold = 0.1: unknown regression setting; valid: confirm, normalize, threshold",
         ),
     ],
 )
@@ -304,8 +301,8 @@ def test_the_policies_check_their_own_keys_outside_a_matrix() -> None:
     with pytest.raises(SettingError, match=r"^min_cosine = 3: must be a number in \[-1, 1\]"):
         AccuracyPolicy().merged({"min_cosine": 3})
     assert AccuracyPolicy().merged({"min_sqnr_db": None}).min_sqnr_db is None  # None switches a check off
-    with pytest.raises(SettingError, match=r"^confidence = 1: must be a number in \(0, 1\)"):
-        RegressionPolicy().merged({"confidence": 1})
+    with pytest.raises(SettingError, match=r"^confirm = -1: must be an integer >= 0"):
+        RegressionPolicy().merged({"confirm": -1})
     assert RegressionPolicy().merged({"threshold": 0}).threshold == 0
 
 
