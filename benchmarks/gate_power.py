@@ -82,7 +82,7 @@ options = {{ calibration = {{ method = "minmax", size = 256 }} }}
 """
 
 # The injected slowdown: after every call of a case's bound run, spin for the seconds given.
-CONFTEST = '''
+CONFTEST = """
 import json
 import os
 import time
@@ -121,13 +121,15 @@ class _SlowedBackend:
 def pytest_perfgate_register(backends, techniques, metrics):
     for name in ("torch_cpu", "onnxruntime_cpu", "torch_compile_cpu", "openvino_cpu", "openvino_cpu_throughput", "litert_cpu"):
         backends.register(name, _SlowedBackend(backends.get(name)))
-'''
+"""
 
 
 def _pytest(out: Path, *args: str, env: dict[str, str] | None = None) -> None:
     command = [sys.executable, "-m", "pytest", "perf", "-q", "-p", "no:cacheprovider", *args]
     command += [f"--perf-cache={REPO / '.perfgate_cache'}", "--perf-runner=power"]
-    subprocess.run(command, cwd=out, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, check=False)
+    subprocess.run(
+        command, cwd=out, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, check=False
+    )
 
 
 def _setup(out: Path) -> None:
@@ -156,15 +158,22 @@ def run(args: argparse.Namespace) -> None:
         extra = {c: p50[c] * level for c, level in levels.items() if level}
         report = out / "report"
         load_before = os.getloadavg()[0]
-        _pytest(out, "--benchmark-compare", f"--perf-report={report}", env={"GATE_POWER_EXTRA_S": json.dumps(extra)})
+        _pytest(
+            out,
+            "--benchmark-compare",
+            f"--perf-report={report}",
+            env={"GATE_POWER_EXTRA_S": json.dumps(extra)},
+        )
         load_after = os.getloadavg()[0]
         results = json.loads((report / "results.json").read_text())
         with trials.open("a") as f:
             for case in results["cases"]:
                 stored = baseline["perfgate"]["cases"].get(case["case_id"])
-                if stored is None or case.get("verdict") is None and not case.get("verdicts"):
+                if stored is None or not case.get("sessions"):
                     continue
-                base_entry = next(b for b in baseline["benchmarks"] if b["params"]["perf_case"] == case["case_id"])
+                base_entry = next(
+                    b for b in baseline["benchmarks"] if b["params"]["perf_case"] == case["case_id"]
+                )
                 start, end = stored["sessions"][0]["samples"]
                 record = {
                     "trial": trial,
@@ -197,7 +206,9 @@ def _new_verdict(record: dict[str, Any], threshold: float) -> tuple[str, bool]:
     if verdict != "fail":
         return verdict, False
     if not confirmations:  # the 2% run did not need one: cannot happen when the first fails at >= 2%
-        raise SystemExit(f"trial {record['trial']} {record['case_id']}: a failing reading without its confirmation")
+        raise SystemExit(
+            f"trial {record['trial']} {record['case_id']}: a failing reading without its confirmation"
+        )
     return gate.compute(confirmations[:1], base).status, True
 
 
@@ -214,9 +225,9 @@ def _old_verdict(record: dict[str, Any], threshold: float) -> str:
     factor = ref_now / ref_then if ref_then and ref_now else 1.0
     raw = float(np.median(now) / np.median(base))
     ratio, limit = raw / factor, 1.0 + threshold
-    if ratio > limit and raw > limit:
-        if mannwhitneyu(now, base * factor, alternative="greater").pvalue < 0.01:
-            return "fail"
+    beyond = ratio > limit and raw > limit
+    if beyond and mannwhitneyu(now, base * factor, alternative="greater").pvalue < 0.01:
+        return "fail"
     return "pass"
 
 
@@ -231,13 +242,19 @@ def analyze(args: argparse.Namespace) -> None:
     loads = [x for r in records for x in r["load"]]
     trials = len({r["trial"] for r in records})
     print(f"{len(records)} comparisons in {trials} trials; load average {min(loads):.1f}-{max(loads):.1f} (median {statistics.median(loads):.1f}) on {os.cpu_count()} cores\n")  # fmt: skip
-    header = "| backend | rule | A/A comparisons | false alarms | detected +5% | detected +10% | detected +20% |"
+    header = (
+        "| backend | rule | A/A comparisons | false alarms | detected +5% | detected +10% | detected +20% |"
+    )
     print(header)
     print("|---|---|---|---|---|---|---|")
     for backend in sorted(by_backend):
         rows = by_backend[backend]
         for threshold in THRESHOLDS:
-            print(_row(backend, f"sessions, {threshold:.0%}", rows, lambda r, t=threshold: _new_verdict(r, t)[0]))
+            print(
+                _row(
+                    backend, f"sessions, {threshold:.0%}", rows, lambda r, t=threshold: _new_verdict(r, t)[0]
+                )
+            )
         old = OLD_THRESHOLDS.get(backend, 0.05)
         print(_row(backend, f"old gate, {old:.0%}", rows, lambda r, t=old: _old_verdict(r, t)))
     _machine_factor(records)
@@ -281,7 +298,9 @@ def _machine_factor(records: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     runner = commands.add_parser("run")
     runner.add_argument("--trials", type=int, default=70)

@@ -307,7 +307,10 @@ def test_gate_and_baseline_lifecycle_on_a_real_injected_slowdown(
     monkeypatch.setenv("PERFGATE_TEST_DELAY_US", DELAY_US)
     slowed = gate_project.runpytest_subprocess("perf", "-k", "slowed", "--benchmark-compare")
     slowed.stdout.fnmatch_lines(
-        [f"*{SLOWED}: regression gate failed*", "*regressed (confirmed: first reading x*; confirmation 1, after the other cases, x*)"]
+        [
+            f"*{SLOWED}: regression gate failed*",
+            "*regressed (confirmed: first reading x*; confirmation 1, after the other cases, x*)",
+        ]
     )
     slowed.stdout.fnmatch_lines(
         [

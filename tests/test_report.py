@@ -304,7 +304,13 @@ INCOMPARABLE = Verdict(
 
 def compared_cases() -> list[CaseResult]:
     """One case per regression status: pass, fail, improved, incomparable, new."""
-    regression = {"baseline_p50_ms": 1.0, "baseline_sessions_ms": [0.99, 1.0, 1.01], "current_p50_ms": 1.0, "ratio": 1.0, "upper_limit_ms": 1.06}
+    regression = {
+        "baseline_p50_ms": 1.0,
+        "baseline_sessions_ms": [0.99, 1.0, 1.01],
+        "current_p50_ms": 1.0,
+        "ratio": 1.0,
+        "upper_limit_ms": 1.06,
+    }
 
     def judged(technique: str, status: str, ratio: float = 1.0) -> CaseResult:
         verdict = Verdict("regression", status, status, {**regression, "ratio": ratio})
