@@ -553,7 +553,9 @@ def change_points(
     signal = np.log([p.p50_s for p in points])
     pen = penalty if penalty is not None else PENALTY_SIGMAS * noise_sigma(signal) * math.log(len(points))
     detector = ruptures.Pelt(model="l1", min_size=CHANGE_MIN_SIZE, jump=1).fit(signal.reshape(-1, 1))
-    breaks = _large_enough([p.p50_s for p in points], detector.predict(pen=pen)[:-1], min_effect)
+    breaks = _large_enough(
+        [p.p50_s for p in points], [int(b) for b in detector.predict(pen=pen)[:-1]], min_effect
+    )
     return [_change_point(points, breaks, i) for i in range(len(breaks))]
 
 
@@ -578,7 +580,7 @@ def _large_enough(p50s: Sequence[float], breaks: Sequence[int], min_effect: floa
 
 
 def _change_point(points: Sequence[Point], breaks: Sequence[int], i: int) -> ChangePoint:
-    before, after = _segment_medians([p.p50_s for p in points], breaks, i)
+    before, after = (float(x) for x in _segment_medians([p.p50_s for p in points], breaks, i))
     last, first = points[breaks[i] - 1], points[breaks[i]]
     return ChangePoint(
         index=breaks[i],
