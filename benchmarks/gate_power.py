@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from exclusive import exclusive  # noqa: E402
 LEVELS = (0.0, 0.0, 0.20, 0.0, 0.10, 0.0, 0.05, 0.20)  # rotated over the cases: half A/A
 THRESHOLDS = (0.03, 0.05, 0.07, 0.10, 0.15)
 
@@ -166,6 +168,7 @@ def run(args: argparse.Namespace) -> None:
         )
         load_after = os.getloadavg()[0]
         results = json.loads((report / "results.json").read_text())
+        (report / "results.json").unlink()
         with trials.open("a") as f:
             for case in results["cases"]:
                 stored = baseline["perfgate"]["cases"].get(case["case_id"])

@@ -1,0 +1,114 @@
+"""Whole-suite A/A: the default suite's batch-1 cases of every CPU backend, refreshed once, then
+compared with that baseline in separate pytest runs spread over an hour, the code unchanged.
+
+A gate whose false alarms are 1% per case still turns a 150-case suite red in most runs; this
+measures what a CI user sees: how many of the runs had any false alarm.
+
+    python benchmarks/suite_aa.py run --runs 10 --interval-min 6 --out /tmp/suite-aa   # ~70 min
+    python benchmarks/suite_aa.py analyze /tmp/suite-aa
+
+Each run holds the benchmark lock of ``exclusive.py`` (with priority), so that it never overlaps
+a ``gate_power.py`` trial started in the same session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from exclusive import exclusive  # noqa: E402
+
+SELECTION = ["-k", "b1"]  # the default profile (slow cases left out), batch 1, every backend here
+
+
+def _pytest(out: Path, *args: str) -> float:
+    command = [sys.executable, "-m", "pytest", "perf", "-q", "-p", "no:cacheprovider", *SELECTION, *args]
+    command += [f"--perf-baselines={out / 'baselines'}", "--perf-runner=suite-aa"]
+    start = time.time()
+    with exclusive(priority=True):
+        load = os.getloadavg()[0]
+        subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, check=False)
+    (out / "loads.jsonl").open("a").write(json.dumps({"args": list(args), "start": start, "load_before": load, "load_after": os.getloadavg()[0], "end": time.time()}) + "\n")  # fmt: skip
+    return start
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "baselines").exists():
+        _pytest(out, "--perf-refresh-baselines")
+    for index in range(args.runs):
+        started = _pytest(out, "--benchmark-compare", f"--perf-report={out / f'run-{index:02d}'}")
+        print(f"run {index + 1}/{args.runs} done", flush=True)
+        if index + 1 < args.runs:
+            time.sleep(max(0.0, started + args.interval_min * 60 - time.time()))
+
+
+def _judge(case: dict[str, Any], threshold: float | None) -> str:
+    """The case's verdict, or the shipped gate's at ``threshold`` on the sessions it recorded."""
+    verdict = next((v for v in case["verdicts"] if v["gate"] == "regression"), None)
+    if verdict is None or threshold is None or verdict["status"] in ("new", "incomparable"):
+        return verdict["status"] if verdict else "-"
+    sys.path.insert(0, str(REPO))
+    from perfgate.gates import RegressionGate, RegressionPolicy
+    from perfgate.sessions import SessionSummary
+
+    gate = RegressionGate(RegressionPolicy(threshold=threshold))
+    base = [SessionSummary(p / 1e3, p / 1e3, p / 1e3, 0.0, 1) for p in verdict["values"]["baseline_sessions_ms"]]
+    sessions = [SessionSummary.from_dict(s) for s in case["sessions"]]
+    first = gate.compute([s for s in sessions if s.kind != "confirmation"], base).status
+    confirmation = [s for s in sessions if s.kind == "confirmation"]
+    if first != "fail" or not confirmation:
+        return first
+    return gate.compute(confirmation[:1], base).status
+
+
+def analyze(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    loads = [json.loads(line) for line in (out / "loads.jsonl").read_text().splitlines()]
+    runs = sorted(out.glob("run-*/results.json"))
+    print("| run | started | load before-after | cases compared | false alarms | improved | unstable |")
+    print("|---|---|---|---|---|---|---|")
+    any_alarm = 0
+    for index, path in enumerate(runs):
+        document = json.loads(path.read_text())
+        cases = [c for c in document["cases"] if any(v["gate"] == "regression" for v in c["verdicts"])]
+        statuses = [_judge(c, args.threshold) for c in cases]
+        alarms = [c["case_id"] for c, s in zip(cases, statuses, strict=True) if s == "fail"]
+        unstable = sum(
+            bool(next(v for v in c["verdicts"] if v["gate"] == "regression")["values"].get("unstable"))
+            for c in cases
+        )
+        load = next(x for x in loads if f"--perf-report={path.parent}" in x["args"])
+        stamp = time.strftime("%H:%M", time.localtime(load["start"]))
+        any_alarm += bool(alarms)
+        print(f"| {index + 1} | {stamp} | {load['load_before']:.1f}-{load['load_after']:.1f} | {len(cases)} | {len(alarms)} {' '.join(alarms)} | {statuses.count('improved')} | {unstable} |")  # fmt: skip
+    print(f"\nruns with any false alarm: {any_alarm} of {len(runs)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    runner = commands.add_parser("run")
+    runner.add_argument("--runs", type=int, default=10)
+    runner.add_argument("--interval-min", type=float, default=6.0)
+    runner.add_argument("--out", required=True)
+    runner.set_defaults(handler=run)
+    analyzer = commands.add_parser("analyze")
+    analyzer.add_argument("out")
+    analyzer.add_argument("--threshold", type=float, help="re-judge every case at this threshold (default: as run)")
+    analyzer.set_defaults(handler=analyze)
+    args = parser.parse_args()
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()
