@@ -34,6 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from exclusive import exclusive  # noqa: E402
+
 LEVELS = (0.0, 0.0, 0.20, 0.0, 0.10, 0.0, 0.05, 0.20)  # rotated over the cases: half A/A
 THRESHOLDS = (0.03, 0.05, 0.07, 0.10, 0.15)
 
@@ -129,9 +130,10 @@ def pytest_perfgate_register(backends, techniques, metrics):
 def _pytest(out: Path, *args: str, env: dict[str, str] | None = None) -> None:
     command = [sys.executable, "-m", "pytest", "perf", "-q", "-p", "no:cacheprovider", *args]
     command += [f"--perf-cache={REPO / '.perfgate_cache'}", "--perf-runner=power"]
-    subprocess.run(
-        command, cwd=out, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, check=False
-    )
+    with exclusive():
+        subprocess.run(
+            command, cwd=out, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, check=False
+        )
 
 
 def _setup(out: Path) -> None:

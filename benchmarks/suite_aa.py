@@ -62,7 +62,9 @@ def _judge(case: dict[str, Any], threshold: float | None) -> str:
     from perfgate.sessions import SessionSummary
 
     gate = RegressionGate(RegressionPolicy(threshold=threshold))
-    base = [SessionSummary(p / 1e3, p / 1e3, p / 1e3, 0.0, 1) for p in verdict["values"]["baseline_sessions_ms"]]
+    base = [
+        SessionSummary(p / 1e3, p / 1e3, p / 1e3, 0.0, 1) for p in verdict["values"]["baseline_sessions_ms"]
+    ]
     sessions = [SessionSummary.from_dict(s) for s in case["sessions"]]
     first = gate.compute([s for s in sessions if s.kind != "confirmation"], base).status
     confirmation = [s for s in sessions if s.kind == "confirmation"]
@@ -95,7 +97,9 @@ def analyze(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     runner = commands.add_parser("run")
     runner.add_argument("--runs", type=int, default=10)
@@ -104,7 +108,9 @@ def main() -> None:
     runner.set_defaults(handler=run)
     analyzer = commands.add_parser("analyze")
     analyzer.add_argument("out")
-    analyzer.add_argument("--threshold", type=float, help="re-judge every case at this threshold (default: as run)")
+    analyzer.add_argument(
+        "--threshold", type=float, help="re-judge every case at this threshold (default: as run)"
+    )
     analyzer.set_defaults(handler=analyze)
     args = parser.parse_args()
     args.handler(args)
