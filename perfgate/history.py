@@ -428,7 +428,7 @@ def history_verdict(
     :param policy: the rule's settings.
     :param run_id: this run's id, left out of the history if it is already recorded.
     """
-    points = history_window(store, case_id, fingerprint, policy.window, run_id)
+    points = history_window(store, case_id, fingerprint, policy, run_id)
     p50s = [p.p50_s for p in points]
     if len(p50s) < policy.min_runs:
         since = (
@@ -464,17 +464,24 @@ def history_verdict(
 
 
 def history_window(
-    store: HistoryStore, case_id: str, fingerprint: str, window: int, run_id: str | None = None
+    store: HistoryStore, case_id: str, fingerprint: str, policy: HistoryPolicy, run_id: str | None = None
 ) -> list[Point]:
-    """The accepted runs a verdict is judged against: the last ``window`` of this fingerprint,
-    none before the latest baseline refresh (the user declared its latency the new normal).
+    """The accepted runs a verdict is judged against: the last ``policy.window`` of this fingerprint.
+
+    None before the latest baseline refresh (the user declared its latency the new normal), and
+    none before the window's last change point once ``policy.min_runs`` runs follow it: a step
+    smaller than the minimum effect is accepted, and a window that straddles it has a median
+    between the two levels and a MAD as wide as the step, which would hide a later regression.
 
     :param run_id: a run to leave out (the one being judged).
     """
     points = [p for p in store.series(case_id, fingerprint, accepted_only=True) if p.run_id != run_id]
     refreshes = [i for i, p in enumerate(points) if p.refreshed]
-    start = max(refreshes[-1] if refreshes else 0, len(points) - window)
-    return points[start:]
+    points = points[max(refreshes[-1] if refreshes else 0, len(points) - policy.window) :]
+    changes = change_points(points)
+    if changes and len(points) - changes[-1].index >= policy.min_runs:
+        return points[changes[-1].index :]
+    return points
 
 
 def _judge(now: float, median: float, score: float, policy: HistoryPolicy) -> tuple[str, str]:

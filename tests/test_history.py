@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import statistics
 import tempfile
 import threading
 from pathlib import Path
@@ -389,6 +388,20 @@ def test_a_refresh_restarts_the_history(tmp_path: Path) -> None:
     assert settled.status == "pass" and settled.values["history_median_ms"] == pytest.approx(1.12)
 
 
+def test_an_accepted_step_starts_a_new_window(tmp_path: Path) -> None:
+    """An 8% step, under the 10% minimum effect, is accepted; once five runs follow it, the history
+    is those runs: 1.25 ms fails against their 1.08 ms, not against a median and MAD that mix levels."""
+    store = _store(tmp_path, STEADY_MS + [round(ms * 1.08, 4) for ms in STEADY_MS])
+    verdict = history_verdict(store, CASE, FP, 1.25e-3, HistoryPolicy(min_effect=0.10))
+    assert verdict.status == "fail"
+    assert verdict.values["history_runs"] == 10
+    assert verdict.values["history_median_ms"] == pytest.approx(1.08)
+    young = _store(tmp_path, [*STEADY_MS, 1.08, 1.09, 1.07], name="young.db")
+    assert (
+        history_verdict(young, CASE, FP, 1.25e-3, HistoryPolicy(min_effect=0.10)).values["history_runs"] == 13
+    )
+
+
 def test_the_judged_run_is_left_out(tmp_path: Path) -> None:
     """A run already recorded is not part of its own history."""
     store = _store(tmp_path, [*STEADY_MS, 1.12])
@@ -406,10 +419,13 @@ def test_the_judged_run_is_left_out(tmp_path: Path) -> None:
 )
 def test_never_fails_within_the_minimum_effect(history: list[float], min_effect: float, share: float) -> None:
     """Whatever the history's noise, a p50 within min_effect of its median never fails."""
-    now_ms = statistics.median(history) * (1 + share * min_effect)
+    policy = HistoryPolicy(min_effect=min_effect)
     with tempfile.TemporaryDirectory() as folder:
         store = _store(Path(folder), history)
-        verdict = history_verdict(store, CASE, FP, now_ms * 1e-3, HistoryPolicy(min_effect=min_effect))
+        # The median the verdict judges by (the window does not depend on the current p50).
+        median_ms = history_verdict(store, CASE, FP, 1.0, policy).values["history_median_ms"]
+        now_ms = median_ms * (1 + share * min_effect)
+        verdict = history_verdict(store, CASE, FP, now_ms * 1e-3, policy)
     assert verdict.status != "fail", verdict.message
 
 
