@@ -313,20 +313,22 @@ class CaseRun:
         if not self.compare:
             return
         baseline = self._baseline_case()
-        if baseline is None:
+        if self.session.history_judge is not None:
+            verdict = self._judge(self._history_judge)
+        elif baseline is None:
             verdict = Verdict("regression", "new", "no baseline for this runner: reported as new")
         elif reasons := incomparable_reasons(
             baseline.hardware, detect().to_dict(), self.backend.libraries, self.case.device
         ):
             verdict = _incomparable(baseline, self.result.samples_s, reasons)
         else:
-            verdict = self._judge(baseline)
-            if verdict.failed and verdict.values.get("confirmations", 0) < self.case.regression.confirm:
-                self.result.verdicts.append(verdict)  # provisional: the confirmation pass reads it
-                self.result.pending = "confirmation"
-                self.session.progress(f"{self.case.id}: {verdict.message}; confirming after the other cases")
-                return
-        if verdict.status in ("new", "incomparable") and self.require_baseline:
+            verdict = self._judge(self._baseline_judge(baseline))
+        if verdict.failed and verdict.values.get("confirmations", 0) < self.case.regression.confirm:
+            self.result.verdicts.append(verdict)  # provisional: the confirmation pass reads it
+            self.result.pending = "confirmation"
+            self.session.progress(f"{self.case.id}: {verdict.message}; confirming after the other cases")
+            return
+        if verdict.status in ("new", "incomparable", "insufficient") and self.require_baseline:
             why = "no baseline for this runner" if verdict.status == "new" else verdict.message
             verdict = Verdict(verdict.gate, "fail", f"{why} (--perf-require-baseline)", verdict.values)
         self.result.verdicts.append(verdict)
@@ -336,19 +338,30 @@ class CaseRun:
         """The sessions of the case's reading: its first and its repeats (not confirmations)."""
         return [s for s in self.result.sessions if s["kind"] != "confirmation"]
 
-    def _judge(self, baseline: BaselineCase) -> Verdict:
-        """The regression verdict against ``baseline``: of the reading, or of a confirmation.
+    def _baseline_judge(self, baseline: BaselineCase) -> Any:
+        """The baseline file's gate, as a function of this run's sessions."""
+        gate = RegressionGate(self.case.regression)
+        use_factor = self.case.device != "cuda"  # a CPU kernel says nothing of a GPU's speed
+
+        def judge(now: list[SessionSummary]) -> Verdict:
+            factor = _machine_factor(now, baseline.sessions) if use_factor else None
+            return gate.compute(now, baseline.sessions, factor)
+
+        return judge
+
+    def _history_judge(self, now: list[SessionSummary]) -> Verdict:
+        assert self.session.history_judge is not None
+        return self.session.history_judge(self.case, now)
+
+    def _judge(self, gate: Any) -> Verdict:
+        """The verdict of ``gate`` (sessions -> verdict): of the reading, or of a confirmation.
 
         A confirmation is judged on its own session and the verdict stands only if it fails too;
         when it does not, the reading it overturned is no longer kept, so it is never stored.
         """
-        gate = RegressionGate(self.case.regression)
-        use_factor = self.case.device != "cuda"  # a CPU kernel says nothing of a GPU's speed
 
         def judge(sessions: list[dict[str, Any]]) -> Verdict:
-            now = [SessionSummary.from_dict(s) for s in sessions]
-            factor = _machine_factor(now, baseline.sessions) if use_factor else None
-            return gate.compute(now, baseline.sessions, factor)
+            return gate([SessionSummary.from_dict(s) for s in sessions])
 
         if self.pass_kind != "confirmation" or self.earlier is None:
             return judge(self._measured())

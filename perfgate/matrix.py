@@ -30,12 +30,21 @@ from perfgate.gates import AccuracyPolicy, RegressionPolicy
 from perfgate.registry import UnknownEntryError
 from perfgate.techniques import TECHNIQUES
 from perfgate.timing import TimingPolicy
-from perfgate.validation import Rule, SettingError, integer, show
+from perfgate.validation import Rule, SettingError, integer, number, show
 
 TOP_LEVEL_KEYS = {
     "pythonpath", "batch_sizes", "timing", "accuracy", "regression", "threads",
-    "models", "techniques", "backends", "overrides", "profiles",
+    "models", "techniques", "backends", "overrides", "profiles", "history",
 }  # fmt: skip
+# [history]: where the history of runs lives (relative to the matrix file) and the history gate's rule.
+HISTORY_RULES: dict[str, Rule] = {
+    "path": Rule(
+        "a path to a SQLite file, relative to the matrix file", lambda v: isinstance(v, str) and v != ""
+    ),
+    "window": integer(1, hint="the last this many accepted runs form the history"),
+    "min_runs": integer(1, hint="fewer accepted runs than this judge nothing"),
+    "max_score": number(0, low_open=True, hint="the robust z a run must exceed to fail"),
+}
 MODEL_KEYS = {
     "factory",
     "data",
@@ -141,6 +150,8 @@ class Matrix:
     models: dict[str, ModelSpec]
     cases: list[Case] = field(default_factory=list)
     excluded: list[Excluded] = field(default_factory=list)
+    # [history], checked; its path resolved against the matrix file's folder.
+    history: dict[str, Any] = field(default_factory=dict)
 
 
 def _fail(path: Path, message: str) -> NoReturn:
@@ -321,9 +332,22 @@ def load_matrix(path: Path, profile: str | None = None) -> Matrix:
     models = {name: _model_spec(name, table, path) for name, table in tables.items()}
     if not models:
         raise MatrixError(f"{path}: no [models.NAME] table; declare at least one model")
-    matrix = Matrix(path=path, raw=raw, models=models)
+    matrix = Matrix(path=path, raw=raw, models=models, history=_history(raw.get("history", {}), path))
     _generate(matrix, profile)
     return matrix
+
+
+def _history(table: Any, path: Path) -> dict[str, Any]:
+    """The [history] table, each value checked; ``path`` made absolute."""
+    table = _check_keys("[history]", table, set(HISTORY_RULES), path)
+    for key, value in table.items():
+        try:
+            HISTORY_RULES[key].check(key, value)
+        except SettingError as exc:
+            _fail(path, f"[history] {exc}")
+    if "path" in table:
+        table = {**table, "path": (path.parent / table["path"]).resolve()}
+    return table
 
 
 def _model_spec(name: str, table: Any, path: Path) -> ModelSpec:

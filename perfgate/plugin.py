@@ -133,6 +133,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="measure each case in K sessions, spread over the run (round-robin after the other cases, a fresh runtime session each); the gate judges the median of their p50s (default: 3 when refreshing baselines, else 1)",
     )
     group.addoption(
+        "--perf-history",
+        metavar="PATH",
+        help="append every case's sessions to this SQLite history of runs (default: PERFGATE_HISTORY, else the matrix's [history] path, else none; docs/history.md)",
+    )
+    group.addoption(
+        "--perf-gate",
+        choices=("baseline", "history"),
+        default="baseline",
+        help="what a case is judged against: 'baseline', this runner's baseline file under --benchmark-compare; 'history', the last accepted runs of this machine in the history store, which turns the gate on by itself (default: baseline)",
+    )
+    group.addoption(
         "--perf-isolate",
         action="store_true",
         help="run each case in a child process, so that a crash or a hang fails only that case (default: off; docs/failure-handling.md)",
@@ -182,6 +193,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if not _matrix_path(config).is_file():
         return  # not a perfgate run: pytest-benchmark and every other option behave as without us
     _check_options(config)
+    if config.getoption("perf_gate") == "history":
+        config.stash[COMPARE] = (
+            True  # the history gate judges every case, with or without --benchmark-compare
+        )
     if config.stash[COMPARE] and not config.getoption("benchmark_compare_fail", None):
         # perfgate's gate reads its own baseline; pytest-benchmark would compare with its own
         # saved runs (a rolling baseline, or none: "Can't compare") beside it, so it is left out.
@@ -267,6 +282,7 @@ def perfgate_session(config: pytest.Config) -> PerfgateSession:
             matrix = load_matrix(matrix_path, profile)
         except MatrixError as exc:
             raise pytest.UsageError(str(exc)) from None
+        judge = _history_judge(config, matrix) if config.getoption("perf_gate") == "history" else None
         session = config.stash[SESSION] = PerfgateSession(
             matrix=matrix,
             hardware=hw.detect(),
@@ -277,8 +293,48 @@ def perfgate_session(config: pytest.Config) -> PerfgateSession:
             on_step=lambda case_id, step: _journal(config, "step", case_id=case_id, step=step),
             on_hang=lambda message: _on_hang(config, message),
             concurrent_runs=lambda: _concurrent_runs(config),
+            history_judge=judge,
         )
     return session
+
+
+def _history_path(config: pytest.Config, matrix: Any = None) -> Path | None:
+    """The history store: --perf-history, else PERFGATE_HISTORY, else the matrix's [history] path."""
+    value = config.getoption("perf_history", None) or os.environ.get("PERFGATE_HISTORY")
+    if value:
+        return _rooted(config, value)
+    if matrix is None:
+        session = config.stash.get(SESSION, None)
+        matrix = session.matrix if session is not None else None
+    return matrix.history.get("path") if matrix is not None else None
+
+
+def _history_judge(config: pytest.Config, matrix: Any) -> Any:
+    """The history gate, as a function of a case and its sessions (``--perf-gate history``)."""
+    import dataclasses
+
+    from perfgate.history import HistoryError, HistoryPolicy, HistoryStore, fingerprint, history_verdict
+    from perfgate.sessions import session_p50
+
+    path = _history_path(config, matrix)
+    if path is None:
+        raise pytest.UsageError(
+            "--perf-gate history needs a history store: pass --perf-history PATH, set PERFGATE_HISTORY, "
+            "or set [history] path in the matrix (docs/history.md)"
+        )
+    try:
+        store = HistoryStore(path)
+    except HistoryError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    print_, _ = fingerprint(hw.detect().to_dict())
+    settings = {k: v for k, v in matrix.history.items() if k != "path"}
+    policy = HistoryPolicy(**settings)
+
+    def judge(case: Any, sessions: list[Any]) -> Any:
+        rule = dataclasses.replace(policy, min_effect=case.regression.threshold)
+        return history_verdict(store, case.id, print_, session_p50(sessions), rule)
+
+    return judge
 
 
 def _cache_dir(config: pytest.Config) -> Path:
@@ -442,6 +498,8 @@ def _isolated_run(config: pytest.Config, state: RunState, case: Any, nodeid: str
             "perf-profile": config.getoption("perf_profile"),
             "perf-baselines": str(_baseline_root(config)),
             "perf-cache": str(_cache_dir(config)),
+            "perf-gate": config.getoption("perf_gate"),
+            "perf-history": str(path) if (path := _history_path(config)) else None,
         }
         env = {**os.environ, RUN_ID_ENV: state.run_id}
         state.worker = CaseWorker(
@@ -697,6 +755,11 @@ def _finish(config: pytest.Config, exitstatus: int) -> list[str]:
         except (OSError, BaselineError) as exc:
             path = baseline_path(_baseline_root(config), config.stash[RUNNER])
             errors.append(f"baselines NOT refreshed: writing {path} failed: {exc}; the file is unchanged")
+    if (history := _history_path(config)) is not None and results:
+        try:
+            _record_history(config, history, results)
+        except Exception as exc:  # sqlite3, a full disk, a foreign file: one line, and the rest goes on
+            errors.append(f"history NOT recorded: {history}: {exc}")
     if config.getoption("perf_report") and results:
         directory = _rooted(config, config.getoption("perf_report"))
         try:
@@ -709,6 +772,72 @@ def _finish(config: pytest.Config, exitstatus: int) -> list[str]:
         state.registry.close()
     config.stash[WRITE_ERRORS] = errors
     return errors
+
+
+def _record_history(config: pytest.Config, path: Path, results: list[CaseResult]) -> None:
+    """Append this run's timed cases to the history store (docs/history.md).
+
+    A case is accepted (later runs are judged against it) when it finished, passed its accuracy
+    gates, was timed alone and did not fail its regression gate; a refresh accepts its cases
+    whatever the verdict, which is how a user accepts an intended change.
+    """
+    from perfgate.history import CaseRecord, HistoryStore, RunRecord, fingerprint
+    from perfgate.sessions import SessionSummary
+
+    refreshing = bool(config.getoption("perf_refresh_baselines"))
+    cases = []
+    for result in results:
+        kept = [SessionSummary.from_dict(s) for s in result.sessions if s.get("kept", True)]
+        if not kept:
+            continue
+        verdict = result.verdict("regression")
+        status = verdict.status if verdict is not None else "unjudged"
+        reason = _not_accepted(result, status)
+        # A refresh stores a regressed case as the new normal: the history starts again from it.
+        stored = refreshing and reason in ("", REGRESSED)
+        cases.append(
+            CaseRecord(
+                case_id=result.case_id,
+                backend=result.backend,
+                device=result.device,
+                sessions=kept,
+                status=status,
+                accepted=stored or not reason,
+                reason="" if stored else reason,
+                refreshed=stored,
+            )
+        )
+    if not cases:
+        return
+    state = config.stash[STATE]
+    bench = getattr(config, "_benchmarksession", None)
+    commit = bench.config.hook.pytest_benchmark_generate_commit_info(config=config) if bench else {}
+    print_, data = fingerprint(hw.detect().to_dict())
+    run = RunRecord(
+        run_id=f"{config.stash[RUNNER]}-{state.run_id}",
+        runner=config.stash[RUNNER],
+        fingerprint=print_,
+        fingerprint_data=data,
+        commit=str(commit.get("id") or ""),
+        branch=str(commit.get("branch") or ""),
+    )
+    HistoryStore(path).record_run(run, cases)
+
+
+def _not_accepted(result: CaseResult, status: str) -> str:
+    """Why later runs must not be judged against this case's run; ``""`` when they may."""
+    if result.status in ("error", "crashed"):
+        return "it did not run to the end"
+    if not result.accuracy_passed:
+        return "it failed its accuracy gates"
+    if result.settings.get("concurrent_runs"):
+        return "it was timed while another perfgate run was running"
+    if status == "fail":
+        return REGRESSED
+    return ""
+
+
+REGRESSED = "its regression gate failed"
 
 
 def _report_meta(config: pytest.Config, drift: list[Drift] | None) -> dict[str, Any]:

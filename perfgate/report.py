@@ -304,6 +304,9 @@ def regression_lines(results: Sequence[CaseResult], drift: Sequence[dict[str, st
     lines = ["", *text_table(COMPARISON_COLUMNS, rows), RATIO_NOTE]
     lines += unstable_lines(results)
     lines += [
+        f"{r.case_id}: {v.message}" for r, v in compared if v is not None and v.status == "insufficient"
+    ]
+    lines += [
         f"incomparable: {result.case_id}: {incomparable_reasons(verdict)}"  # type: ignore[arg-type]
         for result, verdict in compared
         if is_incomparable(verdict)
@@ -440,8 +443,10 @@ def comparison_cells(verdict: Verdict) -> list[str]:
     spread = (
         f"{min(sessions):.4f}-{max(sessions):.4f} ({len(sessions)})" if len(sessions) > 1 else "1 session"
     )
+    if "history_runs" in values:  # the history gate: the median of the last accepted runs
+        spread = f"{values['history_runs']} runs (history)"
     return [
-        _fmt(values.get("baseline_p50_ms"), ".4f"),
+        _fmt(values.get("baseline_p50_ms", values.get("history_median_ms")), ".4f"),
         spread,
         _fmt(values.get("current_p50_ms"), ".4f"),
         _fmt(values.get("ratio"), ".3f"),

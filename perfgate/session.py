@@ -72,6 +72,9 @@ class PerfgateSession:
     on_hang: Callable[[str], None] | None = None
     # Other perfgate runs timing on this machine right now (perfgate.concurrency).
     concurrent_runs: Callable[[], list[dict[str, Any]]] = field(default=list)
+    # Under --perf-gate history: the history gate's verdict for a case's sessions, instead of the
+    # baseline file's (perfgate.history).
+    history_judge: Callable[[Any, list[Any]], Any] | None = None
     counter: MatrixProgress = field(default_factory=MatrixProgress)
     results: list[CaseResult] = field(default_factory=list)
     _models: dict[str, LoadedModel] = field(default_factory=dict)
