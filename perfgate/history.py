@@ -309,7 +309,8 @@ class HistoryStore:
     def _write_run(self, conn: sqlite3.Connection, run: RunRecord) -> None:
         self._refuse_other_runner(conn, run.run_id, run.runner, run.fingerprint)
         conn.execute(
-            f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            # The first record of a run stays: a later call (the next case) must not move its time.
+            f"INSERT OR IGNORE INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 run.run_id,
                 run.runner,
