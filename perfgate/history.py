@@ -432,16 +432,7 @@ def history_verdict(
     points = history_window(store, case_id, fingerprint, policy, run_id)
     p50s = [p.p50_s for p in points]
     if len(p50s) < policy.min_runs:
-        since = (
-            f" since the baseline refresh of run {points[0].run_id}" if points and points[0].refreshed else ""
-        )
-        return Verdict(
-            "regression",
-            "insufficient",
-            f"insufficient history: {len(p50s)} of the {policy.min_runs} accepted runs needed on this "
-            f"runner fingerprint ({fingerprint[:8]}){since}; judged by nothing, run more",
-            {"history_runs": len(p50s), "min_runs": policy.min_runs, "current_p50_ms": current_p50_s * 1e3},
-        )
+        return _insufficient(points, fingerprint, current_p50_s, policy)
     median = statistics.median(p50s)
     mad = statistics.median(abs(x - median) for x in p50s)
     score = (current_p50_s - median) / (MAD_TO_SIGMA * max(mad, MAD_FLOOR * median))
@@ -462,6 +453,22 @@ def history_verdict(
         f"{format_ms(median)} ms (x{ratio:.3f}, robust z {word}"
     )
     return Verdict("regression", status, message, values)
+
+
+def _insufficient(
+    points: Sequence[Point], fingerprint: str, current_p50_s: float, policy: HistoryPolicy
+) -> Verdict:
+    """Too few accepted runs to judge: said, never a silent pass."""
+    refresh = (
+        f" since the baseline refresh of run {points[0].run_id}" if points and points[0].refreshed else ""
+    )
+    return Verdict(
+        "regression",
+        "insufficient",
+        f"insufficient history: {len(points)} of the {policy.min_runs} accepted runs needed on this "
+        f"runner fingerprint ({fingerprint[:8]}){refresh}; judged by nothing, run more",
+        {"history_runs": len(points), "min_runs": policy.min_runs, "current_p50_ms": current_p50_s * 1e3},
+    )
 
 
 def history_window(
