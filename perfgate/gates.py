@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
@@ -310,10 +311,19 @@ class RegressionPolicy:
 REMOVED_REGRESSION_SETTINGS = frozenset({"alpha", "confidence", "resamples", "seed"})
 
 
-def safe_threshold(spread: float) -> float:
-    """The threshold a case whose baseline sessions varied by ``spread`` can be gated at: the
-    spread itself, rounded up to a whole percent (docs/regression-gate.md shows the measurement)."""
-    return math.ceil(spread * 100.0 - 1e-9) / 100.0
+def half_spread(p50s: Sequence[float]) -> float:
+    """How far a case's sessions stray from their median, robust to one stray session.
+
+    The smaller of the distances from the median to the fastest and to the slowest session, over
+    the median: for two sessions, half their gap; for three, their median absolute deviation. One
+    session caught in a neighbour's burst (seen here: x1.3 and more) then neither widens the limits
+    nor blinds the gate to a real slowdown, while a case whose sessions all scatter gets limits as
+    wide as that scatter.
+    """
+    if len(p50s) < 2:
+        return 0.0
+    median = statistics.median(p50s)
+    return min(median - min(p50s), max(p50s) - median) / median
 
 
 class RegressionGate:
@@ -322,7 +332,8 @@ class RegressionGate:
     Samples within one session are autocorrelated, and sessions differ by more than a session's
     own spread, so no test on raw samples bounds anything here (docs/regression-gate.md). The
     unit is the session: the baseline's repeats show how far sessions of unchanged code fall
-    apart, and a case fails only beyond its slowest baseline session plus the threshold.
+    apart. A case fails only beyond the baseline sessions' median, widened by their half-spread
+    and then by the threshold; it is improved below the mirror image of that limit.
     """
 
     name = "regression"
@@ -346,15 +357,13 @@ class RegressionGate:
             return Verdict(self.name, "new", "no baseline for this runner: reported as new")
         base_p50s = [s.p50_s for s in baseline]
         now, base = session_p50(current), session_p50(baseline)
-        fastest, slowest = min(base_p50s), max(base_p50s)
-        spread = between_spread(base_p50s)
+        spread, half = between_spread(base_p50s), half_spread(base_p50s)
         threshold = self.policy.threshold
-        unstable = spread is not None and spread > threshold
-        judged_at = safe_threshold(spread) if unstable and spread is not None else threshold
+        band = (1.0 + threshold) * (1.0 + half)
         factor = reference_factor if self.policy.normalize and reference_factor else 1.0
         # The factor may excuse (raise the upper limit, lower the improvement limit), never accuse.
-        upper = slowest * (1.0 + judged_at) * max(factor, 1.0)
-        lower = fastest / (1.0 + judged_at) * min(factor, 1.0)
+        upper = base * band * max(factor, 1.0)
+        lower = base / band * min(factor, 1.0)
         values: dict[str, Any] = {
             "baseline_p50_ms": base * 1e3,
             "baseline_sessions_ms": [p * 1e3 for p in base_p50s],
@@ -364,9 +373,11 @@ class RegressionGate:
             "upper_limit_ms": upper * 1e3,
             "lower_limit_ms": lower * 1e3,
             "threshold": threshold,
-            "judged_at": judged_at,
+            "half_spread": half,
+            "judged_at": band - 1.0,
             "between_spread": spread,
-            "unstable": unstable,
+            # Its sessions vary by more than the threshold: a noisy case, or one session in a burst.
+            "unstable": spread is not None and spread > threshold,
             "reference_factor": factor,
         }
         if now > upper:
@@ -380,18 +391,22 @@ class RegressionGate:
 
 
 def _against(values: dict[str, Any], sessions: int) -> str:
-    """What the p50 was held against: the baseline sessions' range and the limit it sets."""
-    judged_at, spread = values["judged_at"], values["between_spread"]
+    """What the p50 was held against: the baseline sessions and the limits they set."""
     limits = f"limits {values['lower_limit_ms']:.4g}-{values['upper_limit_ms']:.4g} ms"
     if sessions == 1:
         return (
-            f"{limits} (1 baseline session: how far sessions fall apart is unknown; refresh with "
-            "--perf-repeats 3)"
+            f"{limits} (the median +-{values['threshold']:.0%}; 1 baseline session: how far sessions "
+            "fall apart is unknown, refresh with --perf-repeats 3)"
         )
     low, high = min(values["baseline_sessions_ms"]), max(values["baseline_sessions_ms"])
-    text = f"baseline's {sessions} sessions {low:.4g}-{high:.4g} ms, {limits} (their range +-{judged_at:.0%}"
+    text = (
+        f"baseline's {sessions} sessions {low:.4g}-{high:.4g} ms, {limits} (their median +-"
+        f"{values['threshold']:.0%}, widened by their half-spread {values['half_spread']:.1%}"
+    )
     if values["unstable"]:
-        text += f"; unstable at {values['threshold']:.0%}: its sessions vary by {spread:.1%}, judged at {judged_at:.0%}"
+        text += (
+            f"; unstable at {values['threshold']:.0%}: its sessions vary by {values['between_spread']:.1%}"
+        )
     if values["reference_factor"] != 1.0:
         text += f"; machine factor {values['reference_factor']:.3f}"
     return text + ")"

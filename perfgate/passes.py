@@ -45,8 +45,8 @@ class LaterPasses:
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         forget(item.stash, PASS_RESULT)
         self._settle(item, runtestprotocol(item, nextitem=nextitem, log=False), started=True)
-        if nextitem is None:
-            self.flush()
+        if nextitem is None or item.session.shouldfail or item.session.shouldstop:
+            self.flush()  # the last case, or pytest stops here (-x, --maxfail): no case may stay held
 
     def flush(self) -> None:
         """Round after round over the waiting cases: their repeats, then their confirmations."""

@@ -6,6 +6,7 @@ import datetime as dt
 import importlib.metadata
 import importlib.util
 import json
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -455,18 +456,19 @@ def comparison_cells(verdict: Verdict) -> list[str]:
 
 
 def unstable_lines(results: Sequence[CaseResult]) -> list[str]:
-    """The compared cases whose baseline sessions vary by more than their threshold, and the
-    threshold they were judged at instead (they would cry wolf at theirs)."""
+    """The compared cases whose baseline sessions vary by more than their threshold: at that
+    threshold they would cry wolf, or (when one session caught a burst) the baseline is suspect."""
     lines = []
     for result in sorted(results, key=lambda r: r.case_id):
         verdict = result.verdict("regression")
         if verdict is None or not verdict.values.get("unstable"):
             continue
         v = verdict.values
+        safe = math.ceil(v["between_spread"] * 100.0)
         lines.append(
             f"unstable at {v['threshold']:.0%}: {result.case_id}: its baseline sessions vary by "
-            f"{v['between_spread']:.1%}, so it was judged at {v['judged_at']:.0%}; set its threshold "
-            f"to {v['judged_at']:.0%} or more, or steady the runner"
+            f"{v['between_spread']:.1%}; judged within {v['judged_at']:.1%} of their median. Refresh it "
+            f"on a quieter runner, or set its threshold to {safe}% if it is this noisy"
         )
     return lines
 
