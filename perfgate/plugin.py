@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import os
 import threading
@@ -48,6 +49,9 @@ class RunState:
     of perfgate runs, its isolation child, and what it found of an earlier run that died."""
 
     run_id: str
+    started: str = field(
+        default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    )
     journal: Any = None  # perfgate.journal.RunJournal, opened when the first case starts
     registry: Any = None  # perfgate.concurrency.RunRegistry
     worker: Any = None  # perfgate.isolation.CaseWorker under --perf-isolate
@@ -820,6 +824,7 @@ def _record_history(config: pytest.Config, path: Path, results: list[CaseResult]
         fingerprint_data=data,
         commit=str(commit.get("id") or ""),
         branch=str(commit.get("branch") or ""),
+        started=state.started,
     )
     HistoryStore(path).record_run(run, cases)
 
