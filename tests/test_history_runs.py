@@ -86,3 +86,32 @@ def test_the_history_gate_needs_a_store(perf_project: pytest.Pytester) -> None:
     result = perf_project.runpytest_inprocess("perf", "--perf-gate", "history")
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*--perf-gate history needs a history store*"])
+
+
+def test_a_store_that_cannot_be_written_is_one_line_and_exit_1(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A history path that is not a SQLite file: the run's cases pass, the report is still written,
+    and the summary names the file; the exit status is 1, since what was asked for is missing."""
+    (project.path / "not-a-store.db").write_text("this is not SQLite")
+    result = run(project, monkeypatch, 0, "--perf-history", "not-a-store.db", "--perf-report", "out")
+    assert result.ret == 1
+    result.assert_outcomes(passed=1, deselected=7)
+    result.stdout.fnmatch_lines(["*ERROR: history NOT recorded: *not-a-store.db*"])
+    assert (project.path / "out" / "results.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[history]\nwindow = 0", "[history] window = 0: must be an integer >= 1"),
+        ("[history]\nmax_score = -1", "[history] max_score = -1: must be a finite number > 0"),
+        ("[history]\nkeep = 3", "[history] has unknown key(s) ['keep']"),
+    ],
+)
+def test_a_bad_history_table_names_its_key(perf_project: pytest.Pytester, table: str, message: str) -> None:
+    matrix = perf_project.path / "perf" / "matrix.toml"
+    matrix.write_text(matrix.read_text() + "\n" + table + "\n")
+    result = perf_project.runpytest_inprocess("perf")
+    assert result.ret != 0
+    assert message in result.stdout.str() + result.stderr.str()
