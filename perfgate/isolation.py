@@ -245,6 +245,9 @@ class IsolatedCaseRun:
 
         self._benchmark = benchmark
         benchmark.group = self.case.model.name
+        if self.earlier is not None and self.earlier.pending:  # each session a row of its own, as in-process
+            label = f" [{self.earlier.pending}, session {len(self.earlier.sessions) + 1}]"
+            benchmark.name, benchmark.fullname = benchmark.name + label, benchmark.fullname + label
         enabled = bool(getattr(benchmark, "enabled", True))
         self._call("time", timing_enabled=enabled)
         if enabled and self.result.sessions:
