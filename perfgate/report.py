@@ -442,7 +442,9 @@ def comparison_cells(verdict: Verdict) -> list[str]:
     values = verdict.values
     sessions = values.get("baseline_sessions_ms") or []
     spread = (
-        f"{min(sessions):.4f}-{max(sessions):.4f} ({len(sessions)})" if len(sessions) > 1 else "1 session"
+        f"{min(sessions):.4f}-{max(sessions):.4f} ({len(sessions)})"
+        if len(sessions) > 1
+        else ("1 session" if sessions else "-")
     )
     if "history_runs" in values:  # the history gate: the median of the last accepted runs
         spread = f"{values['history_runs']} runs (history)"
@@ -517,9 +519,9 @@ def _comparison_section(documents: Sequence[ResultsDocument]) -> list[str]:
 
 
 RATIO_NOTE = (
-    "p50: the median of a case's sessions' p50s; ratio: now / baseline; limit: the baseline's slowest "
-    "session plus the threshold (a case above it fails, and a failure must repeat in a confirmation "
-    "after the other cases)."
+    "p50: the median of a case's sessions' p50s; ratio: now / baseline; limit: the baseline sessions' "
+    "median, widened by their half-spread and by the threshold (above it a case fails, if a "
+    "confirmation after the other cases agrees)."
 )
 
 
