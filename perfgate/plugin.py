@@ -785,7 +785,7 @@ def _record_history(config: pytest.Config, path: Path, results: list[CaseResult]
     gates, was timed alone and did not fail its regression gate; a refresh accepts its cases
     whatever the verdict, which is how a user accepts an intended change.
     """
-    from perfgate.history import CaseRecord, HistoryStore, RunRecord, fingerprint
+    from perfgate.history import CaseRecord, HistoryStore, RunRecord, fingerprint, new_run_id
     from perfgate.sessions import SessionSummary
 
     refreshing = bool(config.getoption("perf_refresh_baselines"))
@@ -818,7 +818,7 @@ def _record_history(config: pytest.Config, path: Path, results: list[CaseResult]
     commit = bench.config.hook.pytest_benchmark_generate_commit_info(config=config) if bench else {}
     print_, data = fingerprint(hw.detect().to_dict())
     run = RunRecord(
-        run_id=f"{config.stash[RUNNER]}-{state.run_id}",
+        run_id=f"{config.stash[RUNNER]}-{new_run_id()}",  # unique across runners and runs, for merges
         runner=config.stash[RUNNER],
         fingerprint=print_,
         fingerprint_data=data,

@@ -28,6 +28,12 @@ TINY_MATRIX = """
 pythonpath = ["{tests}"]
 batch_sizes = [1]
 
+[regression]
+# Far beyond what load does to a 40 us call on this shared 2-core runner (x1.9 between sessions,
+# seen while two benchmark processes ran): a test that checks the gate's sensitivity injects a
+# slowdown of x10 or more, and no other test may pass or fail with the machine's load.
+threshold = 1.0
+
 [timing]
 warmup_rounds = 5
 warmup_time_s = 0.0

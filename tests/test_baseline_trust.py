@@ -134,8 +134,7 @@ def test_an_overturned_reading_is_never_stored(
     by a refresh nor shown in the tables: the verdict, the report and the baseline share one p50."""
     edit_matrix(perf_project, "[techniques.fp32]", BURST_MATRIX + "\n[techniques.fp32]")
     # The burst is x75; the confirmation, a fresh pass through pytest-benchmark's loop after the
-    # other cases, reads the fast model: any threshold between the two tells them apart.
-    edit_matrix(perf_project, "[timing]", "[regression]\nthreshold = 1.0\n\n[timing]")
+    # other cases, reads the fast model: the tiny matrix's threshold of 100% tells them apart.
     edit_matrix(perf_project, "[timing]", "[threads]\nintra_op = 1\ninter_op = 1\n\n[timing]")
     selection = ["-k", "burst and fp32 and torch"]
     run(perf_project, monkeypatch, *selection, "--perf-refresh-baselines").assert_outcomes(passed=1)
@@ -149,6 +148,8 @@ def test_an_overturned_reading_is_never_stored(
         *selection,
         "--benchmark-compare",
         "--perf-refresh-baselines",
+        "--perf-repeats",
+        "1",  # the reading is judged now, so that it is confirmed (3 repeats: their median is)
         "--perf-report",
         "out",
         PERFGATE_TEST_DELAY_US="3000",
@@ -458,7 +459,7 @@ def test_confirm_zero_fails_on_the_first_measurement(
     """Item 14: `confirm = 0` fails a real slowdown on its first reading, without re-measuring;
     the default re-measures once and says so (the old test only read a dataclass default)."""
     edit_matrix(perf_project, "[techniques.fp32]", BURST_MATRIX + "\n[techniques.fp32]")
-    edit_matrix(perf_project, "[timing]", f"[regression]\nconfirm = {confirm}\nthreshold = 0.5\n\n[timing]")
+    edit_matrix(perf_project, "threshold = 1.0", f"confirm = {confirm}\nthreshold = 0.5")
     selection = ["-k", "burst and fp32 and torch"]
     run(perf_project, monkeypatch, *selection, "--perf-refresh-baselines").assert_outcomes(passed=1)
     result = run(
