@@ -77,13 +77,14 @@ def analyze(args: argparse.Namespace) -> None:
     out = Path(args.out)
     loads = [json.loads(line) for line in (out / "loads.jsonl").read_text().splitlines()]
     runs = sorted(out.glob("run-*/results.json"))
+    thresholds = {k: float(v) for k, v in (item.split("=") for item in args.thresholds.split(",") if item)}
     print("| run | started | load before-after | cases compared | false alarms | improved | unstable |")
     print("|---|---|---|---|---|---|---|")
     any_alarm = 0
     for index, path in enumerate(runs):
         document = json.loads(path.read_text())
         cases = [c for c in document["cases"] if any(v["gate"] == "regression" for v in c["verdicts"])]
-        statuses = [_judge(c, args.threshold) for c in cases]
+        statuses = [_judge(c, thresholds.get(c["backend"])) for c in cases]
         alarms = [c["case_id"] for c, s in zip(cases, statuses, strict=True) if s == "fail"]
         unstable = sum(
             bool(next(v for v in c["verdicts"] if v["gate"] == "regression")["values"].get("unstable"))
@@ -92,6 +93,7 @@ def analyze(args: argparse.Namespace) -> None:
         load = next(x for x in loads if f"--perf-report={path.parent}" in x["args"])
         stamp = time.strftime("%H:%M", time.localtime(load["start"]))
         any_alarm += bool(alarms)
+        alarms = [f"`{a}`" for a in alarms]
         print(f"| {index + 1} | {stamp} | {load['load_before']:.1f}-{load['load_after']:.1f} | {len(cases)} | {len(alarms)} {' '.join(alarms)} | {statuses.count('improved')} | {unstable} |")  # fmt: skip
     print(f"\nruns with any false alarm: {any_alarm} of {len(runs)}")
 
@@ -109,7 +111,11 @@ def main() -> None:
     analyzer = commands.add_parser("analyze")
     analyzer.add_argument("out")
     analyzer.add_argument(
-        "--threshold", type=float, help="re-judge every case at this threshold (default: as run)"
+        "--thresholds",
+        default="",
+        metavar="BACKEND=T,...",
+        help="re-judge the cases of these backends at these thresholds (exact when each is at least the "
+        "threshold the run used: a first reading that fails then was confirmed in the run); others as run",
     )
     analyzer.set_defaults(handler=analyze)
     args = parser.parse_args()
