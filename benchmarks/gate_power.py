@@ -217,7 +217,7 @@ def _new_verdict(record: dict[str, Any], threshold: float) -> tuple[str, bool]:
     return gate.compute(confirmations[:1], base).status, True
 
 
-def _old_verdict(record: dict[str, Any], threshold: float) -> str:
+def _old_verdict(record: dict[str, Any], threshold: float, normalize: bool = True) -> str:
     """The gate before sessions: one-sided Mann-Whitney U at 0.01 and the threshold on the raw
     samples of one baseline session and the first reading, normalized by the machine factor."""
     import numpy as np
@@ -227,7 +227,7 @@ def _old_verdict(record: dict[str, Any], threshold: float) -> str:
     first = next(s for s in record["sessions"] if s["kind"] != "confirmation")
     now = np.asarray(first["samples_s"])
     ref_then, ref_now = record["baseline_sessions"][0].get("reference_us"), first.get("reference_us")
-    factor = ref_now / ref_then if ref_then and ref_now else 1.0
+    factor = ref_now / ref_then if ref_then and ref_now and normalize else 1.0
     raw = float(np.median(now) / np.median(base))
     ratio, limit = raw / factor, 1.0 + threshold
     beyond = ratio > limit and raw > limit
@@ -302,6 +302,45 @@ def _machine_factor(records: list[dict[str, Any]]) -> None:
     )
 
 
+def export(args: argparse.Namespace) -> None:
+    """Real comparisons for tests/test_regression_gate.py: per backend, the A/A comparisons that the
+    old gate failed (a false alarm on unchanged code), and one +20% comparison, with the sessions
+    and (thinned) raw samples the two rules judge."""
+    records = [json.loads(line) for line in Path(args.trials).read_text().splitlines() if line.strip()]
+    thresholds = {k: float(v) for k, v in (item.split("=") for item in args.thresholds.split(","))}
+    cases = []
+    for backend, threshold in thresholds.items():
+        rows = [r for r in records if r["backend"] == backend]
+        old = OLD_THRESHOLDS.get(backend, 0.05)
+        aa = [r for r in rows if r["level"] == 0.0 and _old_verdict(r, old, normalize=False) == "fail"][: args.per_backend]
+        slowed = [r for r in rows if r["level"] == 0.20 and _new_verdict(r, threshold)[0] == "fail"][:1]
+        for record in aa + slowed:
+            first = next(s for s in record["sessions"] if s["kind"] != "confirmation")
+            cases.append(
+                {
+                    "case_id": record["case_id"],
+                    "level": record["level"],
+                    "threshold": threshold,
+                    "old_threshold": old,
+                    "baseline": [
+                        {k: v for k, v in s.items() if k != "samples"} for s in record["baseline_sessions"]
+                    ],
+                    "current": {k: v for k, v in first.items() if k not in ("samples_s", "kept")},
+                    "baseline_samples_s": _thinned(record["baseline_first_samples"], 300),
+                    "current_samples_s": _thinned(first["samples_s"], 300),
+                }
+            )
+    Path(args.output).write_text(
+        json.dumps({"source": "benchmarks/gate_power.py run", "cases": cases}, indent=1) + "\n"
+    )
+    print(f"{len(cases)} comparisons written to {args.output}")
+
+
+def _thinned(samples: list[float], limit: int) -> list[float]:
+    step = max(1, len(samples) // limit)
+    return samples[::step][:limit]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -315,6 +354,12 @@ def main() -> None:
     analyzer = commands.add_parser("analyze")
     analyzer.add_argument("trials")
     analyzer.set_defaults(handler=analyze)
+    exporter = commands.add_parser("export-test-data")
+    exporter.add_argument("trials")
+    exporter.add_argument("--thresholds", required=True, metavar="BACKEND=T,...")
+    exporter.add_argument("--per-backend", type=int, default=2)
+    exporter.add_argument("-o", "--output", required=True)
+    exporter.set_defaults(handler=export)
     args = parser.parse_args()
     args.handler(args)
 
