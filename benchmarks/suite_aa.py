@@ -45,10 +45,11 @@ def run(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "baselines").exists():
         _pytest(out, "--perf-refresh-baselines")
-    for index in range(args.runs):
+    done = len(list(out.glob("run-*")))  # a second invocation goes on where the first stopped
+    for index in range(done, done + args.runs):
         started = _pytest(out, "--benchmark-compare", f"--perf-report={out / f'run-{index:02d}'}")
-        print(f"run {index + 1}/{args.runs} done", flush=True)
-        if index + 1 < args.runs:
+        print(f"run {index + 1} done", flush=True)
+        if index + 1 < done + args.runs:
             time.sleep(max(0.0, started + args.interval_min * 60 - time.time()))
 
 
