@@ -262,7 +262,28 @@ def analyze(args: argparse.Namespace) -> None:
             )
         old = OLD_THRESHOLDS.get(backend, 0.05)
         print(_row(backend, f"old gate, {old:.0%}", rows, lambda r, t=old: _old_verdict(r, t)))
+    print(
+        "\n| backend | A/A comparisons | smallest threshold with no false alarm | its detection of +10% | +20% |"
+    )
+    print("|---|---|---|---|---|")
+    for backend in sorted(by_backend):
+        print(_safest(backend, by_backend[backend]))
     _machine_factor(records)
+
+
+def _safest(backend: str, rows: list[dict[str, Any]]) -> str:
+    """The smallest threshold (in whole percent) at which no A/A comparison of ``backend`` failed."""
+    aa = [r for r in rows if r["level"] == 0.0]
+    for percent in range(1, 101):
+        threshold = percent / 100
+        if not any(_new_verdict(r, threshold)[0] == "fail" for r in aa):
+            cells = []
+            for level in (0.10, 0.20):
+                hit = [r for r in rows if r["level"] == level]
+                caught = sum(_new_verdict(r, threshold)[0] == "fail" for r in hit)
+                cells.append(f"{caught}/{len(hit)}")
+            return f"| {backend} | {len(aa)} | {percent}% | {cells[0]} | {cells[1]} |"
+    return f"| {backend} | {len(aa)} | above 100% | - | - |"
 
 
 def _row(backend: str, rule: str, rows: list[dict[str, Any]], judge: Any) -> str:
@@ -312,7 +333,9 @@ def export(args: argparse.Namespace) -> None:
     for backend, threshold in thresholds.items():
         rows = [r for r in records if r["backend"] == backend]
         old = OLD_THRESHOLDS.get(backend, 0.05)
-        aa = [r for r in rows if r["level"] == 0.0 and _old_verdict(r, old, normalize=False) == "fail"][: args.per_backend]
+        aa = [r for r in rows if r["level"] == 0.0 and _old_verdict(r, old, normalize=False) == "fail"][
+            : args.per_backend
+        ]
         slowed = [r for r in rows if r["level"] == 0.20 and _new_verdict(r, threshold)[0] == "fail"][:1]
         for record in aa + slowed:
             first = next(s for s in record["sessions"] if s["kind"] != "confirmation")
