@@ -74,23 +74,35 @@ def _judge(case: dict[str, Any], threshold: float | None) -> str:
     return gate.compute(confirmation[:1], base).status
 
 
+def _unstable(case: dict[str, Any], threshold: float | None) -> bool:
+    """Whether the case's baseline sessions vary by more than its threshold (as run, or ``threshold``)."""
+    values = next(v for v in case["verdicts"] if v["gate"] == "regression")["values"]
+    spread = values.get("between_spread")
+    return spread is not None and spread > (threshold if threshold is not None else values["threshold"])
+
+
+def _thresholds(matrix: str) -> dict[str, float]:
+    """Each case's regression threshold in ``matrix``."""
+    sys.path.insert(0, str(REPO))
+    from perfgate.matrix import ALL_PROFILES, load_matrix
+
+    return {case.id: case.regression.threshold for case in load_matrix(Path(matrix), ALL_PROFILES).cases}
+
+
 def analyze(args: argparse.Namespace) -> None:
     out = Path(args.out)
     loads = [json.loads(line) for line in (out / "loads.jsonl").read_text().splitlines()]
     runs = sorted(out.glob("run-*/results.json"))
-    thresholds = {k: float(v) for k, v in (item.split("=") for item in args.thresholds.split(",") if item)}
+    thresholds = _thresholds(args.matrix) if args.matrix else {}
     print("| run | started | load before-after | cases compared | false alarms | improved | unstable |")
     print("|---|---|---|---|---|---|---|")
     any_alarm = 0
     for index, path in enumerate(runs):
         document = json.loads(path.read_text())
         cases = [c for c in document["cases"] if any(v["gate"] == "regression" for v in c["verdicts"])]
-        statuses = [_judge(c, thresholds.get(c["backend"])) for c in cases]
+        statuses = [_judge(c, thresholds.get(c["case_id"])) for c in cases]
         alarms = [c["case_id"] for c, s in zip(cases, statuses, strict=True) if s == "fail"]
-        unstable = sum(
-            bool(next(v for v in c["verdicts"] if v["gate"] == "regression")["values"].get("unstable"))
-            for c in cases
-        )
+        unstable = sum(_unstable(c, thresholds.get(c["case_id"])) for c in cases)
         load = next(x for x in loads if f"--perf-report={path.parent}" in x["args"])
         stamp = time.strftime("%H:%M", time.localtime(load["start"]))
         any_alarm += bool(alarms)
@@ -112,11 +124,10 @@ def main() -> None:
     analyzer = commands.add_parser("analyze")
     analyzer.add_argument("out")
     analyzer.add_argument(
-        "--thresholds",
-        default="",
-        metavar="BACKEND=T,...",
-        help="re-judge the cases of these backends at these thresholds (exact when each is at least the "
-        "threshold the run used: a first reading that fails then was confirmed in the run); others as run",
+        "--matrix",
+        metavar="PATH",
+        help="re-judge every case at its threshold in this matrix file (exact where each is at least the "
+        "threshold the run used: a first reading that failed then was confirmed in the run); default: as run",
     )
     analyzer.set_defaults(handler=analyze)
     args = parser.parse_args()
