@@ -374,12 +374,20 @@ def export(args: argparse.Namespace) -> None:
                         {k: v for k, v in s.items() if k != "samples"} for s in record["baseline_sessions"]
                     ],
                     "current": {k: v for k, v in first.items() if k not in ("samples_s", "kept")},
+                    "confirmation": next(
+                        (
+                            {k: v for k, v in c.items() if k not in ("samples_s", "kept")}
+                            for c in record["sessions"]
+                            if c["kind"] == "confirmation"
+                        ),
+                        None,
+                    ),
                     "baseline_samples_s": _thinned(record["baseline_first_samples"], 300),
                     "current_samples_s": _thinned(first["samples_s"], 300),
                 }
             )
     Path(args.output).write_text(
-        json.dumps({"source": "benchmarks/gate_power.py run", "cases": cases}, indent=1) + "\n"
+        json.dumps({"source": "benchmarks/gate_power.py export-test-data", "cases": cases}, indent=1) + "\n"
     )
     print(f"{len(cases)} comparisons written to {args.output}")
 

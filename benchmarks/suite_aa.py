@@ -147,6 +147,65 @@ def analyze(args: argparse.Namespace) -> None:
     )
 
 
+def export(args: argparse.Namespace) -> None:
+    """Append to a gate_power.py test-data file the A/A comparisons of these runs that the old gate
+    failed (on raw samples, without the machine factor) and the shipped gate, with its
+    confirmation, passed: at most ``--per-backend`` per single-threaded CPU backend."""
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    out, thresholds = Path(args.out), _thresholds(args.matrix)
+    baseline = json.loads((out / "baselines" / "suite-aa" / "0001_baseline.json").read_text())
+    data = json.loads(Path(args.output).read_text())
+    picked: dict[str, int] = {}
+    for path in sorted(out.glob("run-*/results.json")):
+        for case in json.loads(path.read_text())["cases"]:
+            backend = case["backend"]
+            wanted = backend in ("torch_cpu", "onnxruntime_cpu", "openvino_cpu", "litert_cpu")
+            if (
+                not wanted
+                or case["technique"] == "threads_tuned"
+                or picked.get(backend, 0) >= args.per_backend
+            ):
+                continue
+            if _judge(case, thresholds[case["case_id"]]) in ("fail", "new", "incomparable", "-"):
+                continue
+            stored = baseline["perfgate"]["cases"][case["case_id"]]
+            entry = next(b for b in baseline["benchmarks"] if b["params"]["perf_case"] == case["case_id"])
+            start, end = stored["sessions"][0]["samples"]
+            first = next(s for s in case["sessions"] if s["kind"] != "confirmation")
+            base, now = _thinned(entry["stats"]["data"][start:end]), _thinned(first["samples_s"])
+            old = OLD_THRESHOLDS.get(backend, 0.05)
+            beyond = np.median(now) / np.median(base) > 1 + old
+            if not (beyond and mannwhitneyu(now, base, alternative="greater").pvalue < 0.01):
+                continue
+            picked[backend] = picked.get(backend, 0) + 1
+            summary = {k: v for k, v in first.items() if k not in ("samples_s", "kept")}
+            confirmation = next((s for s in case["sessions"] if s["kind"] == "confirmation"), None)
+            data["cases"].append(
+                {
+                    "case_id": case["case_id"],
+                    "level": 0.0,
+                    "threshold": thresholds[case["case_id"]],
+                    "old_threshold": old,
+                    "baseline": [{k: v for k, v in s.items() if k != "samples"} for s in stored["sessions"]],
+                    "current": summary,
+                    "confirmation": {k: v for k, v in confirmation.items() if k not in ("samples_s", "kept")}
+                    if confirmation
+                    else None,
+                    "baseline_samples_s": base,
+                    "current_samples_s": now,
+                }
+            )
+    data["source"] += " and benchmarks/suite_aa.py export-test-data"
+    Path(args.output).write_text(json.dumps(data, indent=1) + "\n")
+    print(f"{sum(picked.values())} comparisons appended to {args.output}")
+
+
+def _thinned(samples: list[float], limit: int = 300) -> list[float]:
+    return samples[:: max(1, len(samples) // limit)][:limit]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -166,6 +225,12 @@ def main() -> None:
         "threshold the run used: a first reading that failed then was confirmed in the run); default: as run",
     )
     analyzer.set_defaults(handler=analyze)
+    exporter = commands.add_parser("export-test-data")
+    exporter.add_argument("out")
+    exporter.add_argument("--matrix", default=str(REPO / "perf" / "matrix.toml"))
+    exporter.add_argument("--per-backend", type=int, default=2)
+    exporter.add_argument("-o", "--output", required=True, help="a gate_power.py export-test-data file")
+    exporter.set_defaults(handler=export)
     args = parser.parse_args()
     args.handler(args)
 
