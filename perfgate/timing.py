@@ -125,21 +125,6 @@ def timed_step(
     return step
 
 
-def sample_directly(step: Callable[[], None], policy: TimingPolicy) -> list[float]:
-    """Warm up, then time ``step`` by the same stopping rule without pytest-benchmark.
-
-    For a confirmation run: pytest-benchmark's fixture times once per test.
-    """
-    rounds = plan_rounds(warm_up(step, policy), policy)
-    timer = time.perf_counter
-    samples = []
-    for _ in range(rounds):
-        start = timer()
-        step()
-        samples.append(timer() - start)
-    return samples
-
-
 @dataclass(frozen=True)
 class Timing:
     """Raw samples of the steady state, and how much warmup preceded them."""
