@@ -49,9 +49,8 @@ class RunState:
     of perfgate runs, its isolation child, and what it found of an earlier run that died."""
 
     run_id: str
-    started: str = field(
-        default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    )
+    # To the microsecond: the history orders runs by it, and in-process runs start within one second.
+    started: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat())
     journal: Any = None  # perfgate.journal.RunJournal, opened when the first case starts
     registry: Any = None  # perfgate.concurrency.RunRegistry
     worker: Any = None  # perfgate.isolation.CaseWorker under --perf-isolate
