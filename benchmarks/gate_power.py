@@ -14,7 +14,7 @@ confirmed; ``analyze`` then judges each comparison with the shipped ``Regression
 threshold (first reading, then its confirmation), and the old gate (Mann-Whitney U at 0.01 and
 the threshold on one session's raw samples, with the machine factor) on the same samples.
 
-    python benchmarks/gate_power.py run --trials 70 --out /tmp/gate-power   # ~35 min here
+    python benchmarks/gate_power.py run --trials 50 --out /tmp/gate-power   # ~50 min here, alone
     python benchmarks/gate_power.py analyze /tmp/gate-power/trials.jsonl
 """
 
@@ -382,8 +382,8 @@ def export(args: argparse.Namespace) -> None:
                         ),
                         None,
                     ),
-                    "baseline_samples_s": _thinned(record["baseline_first_samples"], 300),
-                    "current_samples_s": _thinned(first["samples_s"], 300),
+                    "baseline_samples_s": thinned(record["baseline_first_samples"], 300),
+                    "current_samples_s": thinned(first["samples_s"], 300),
                 }
             )
     Path(args.output).write_text(
@@ -392,7 +392,8 @@ def export(args: argparse.Namespace) -> None:
     print(f"{len(cases)} comparisons written to {args.output}")
 
 
-def _thinned(samples: list[float], limit: int) -> list[float]:
+def thinned(samples: list[float], limit: int = 300) -> list[float]:
+    """At most ``limit`` samples, evenly taken: what the gate's test data keeps of a session."""
     step = max(1, len(samples) // limit)
     return samples[::step][:limit]
 
@@ -403,7 +404,7 @@ def main() -> None:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     runner = commands.add_parser("run")
-    runner.add_argument("--trials", type=int, default=70)
+    runner.add_argument("--trials", type=int, default=50)
     runner.add_argument("--refresh-every", type=int, default=10)
     runner.add_argument("--out", required=True)
     runner.set_defaults(handler=run)

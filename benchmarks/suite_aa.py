@@ -25,6 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from exclusive import exclusive  # noqa: E402
+from gate_power import OLD_THRESHOLDS, thinned  # noqa: E402
 
 SELECTION = ["-k", "b1"]  # the default profile (slow cases left out), batch 1, every backend here
 
@@ -79,10 +80,6 @@ def _unstable(case: dict[str, Any], threshold: float | None) -> bool:
     values = next(v for v in case["verdicts"] if v["gate"] == "regression")["values"]
     spread = values.get("between_spread")
     return spread is not None and spread > (threshold if threshold is not None else values["threshold"])
-
-
-# The thresholds of the gate before sessions (perf/matrix.toml as it was).
-OLD_THRESHOLDS = {"torch_cpu": 0.10, "torch_compile_cpu": 0.10, "openvino_cpu_throughput": 0.15}
 
 
 def _old_rule(case: dict[str, Any], baseline: dict[str, Any]) -> str:
@@ -174,7 +171,7 @@ def export(args: argparse.Namespace) -> None:
             entry = next(b for b in baseline["benchmarks"] if b["params"]["perf_case"] == case["case_id"])
             start, end = stored["sessions"][0]["samples"]
             first = next(s for s in case["sessions"] if s["kind"] != "confirmation")
-            base, now = _thinned(entry["stats"]["data"][start:end]), _thinned(first["samples_s"])
+            base, now = thinned(entry["stats"]["data"][start:end]), thinned(first["samples_s"])
             old = OLD_THRESHOLDS.get(backend, 0.05)
             beyond = np.median(now) / np.median(base) > 1 + old
             if not (beyond and mannwhitneyu(now, base, alternative="greater").pvalue < 0.01):
@@ -200,10 +197,6 @@ def export(args: argparse.Namespace) -> None:
     data["source"] += " and benchmarks/suite_aa.py export-test-data"
     Path(args.output).write_text(json.dumps(data, indent=1) + "\n")
     print(f"{sum(picked.values())} comparisons appended to {args.output}")
-
-
-def _thinned(samples: list[float], limit: int = 300) -> list[float]:
-    return samples[:: max(1, len(samples) // limit)][:limit]
 
 
 def main() -> None:

@@ -327,8 +327,9 @@ def _history_judge(config: pytest.Config, matrix: Any) -> Any:
         )
     try:
         store = HistoryStore(path)
+        store.cases()  # opened now: a path that cannot hold a store is one usage error, not one per case
     except HistoryError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        raise pytest.UsageError(f"--perf-gate history: {exc} (under pytest: --perf-history PATH)") from None
     print_, _ = fingerprint(hw.detect().to_dict())
     settings = {k: v for k, v in matrix.history.items() if k != "path"}
     policy = HistoryPolicy(**settings)

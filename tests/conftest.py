@@ -52,6 +52,13 @@ metric = "top1"
 [backends.onnxruntime_cpu]
 """
 
+# The tiny MLP with a real busy-wait of PERFGATE_TEST_DELAY_US per call (tests/tiny_models.py).
+SLOWED_MODEL = """[models.slowed_mlp]
+factory = "tiny_models:slowed_mlp"
+data = "tiny_models:blobs"
+metric = "top1"
+"""
+
 TEST_FILE = """
 def test_case(perf_case, benchmark):
     perf_case.build()

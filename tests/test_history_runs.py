@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import SLOWED_MODEL
 from perfgate.cli import main
 from perfgate.history import HistoryStore, change_points
 
-SLOWED_MODEL = """[models.slowed_mlp]
-factory = "tiny_models:slowed_mlp"
-data = "tiny_models:blobs"
-metric = "top1"
-
-[techniques.fp32]"""
 CASE = "slowed_mlp-fp32-torch_cpu-b1"
 
 
 @pytest.fixture
 def project(perf_project: pytest.Pytester) -> pytest.Pytester:
     matrix = perf_project.path / "perf" / "matrix.toml"
-    text = matrix.read_text().replace("[techniques.fp32]", SLOWED_MODEL)
+    text = matrix.read_text().replace("[techniques.fp32]", SLOWED_MODEL + "\n[techniques.fp32]")
     matrix.write_text(text + "\n[history]\npath = '../runs.db'\nmin_runs = 3\n")
     return perf_project
 
@@ -115,3 +110,14 @@ def test_a_bad_history_table_names_its_key(perf_project: pytest.Pytester, table:
     result = perf_project.runpytest_inprocess("perf")
     assert result.ret != 0
     assert message in result.stdout.str() + result.stderr.str()
+
+
+def test_the_history_gate_refuses_a_store_it_cannot_open(project: pytest.Pytester) -> None:
+    """A folder given as the store: one usage error at collection, naming it, not one failure per case."""
+    (project.path / "a-folder").mkdir()
+    result = project.runpytest_inprocess("perf", "--perf-gate", "history", "--perf-history", "a-folder")
+    assert result.ret != 0
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*--perf-gate history: history store *a-folder cannot be opened*--perf-history PATH*"]
+    )

@@ -9,14 +9,9 @@ from typing import Any
 
 import pytest
 
+from conftest import SLOWED_MODEL
 from perfgate.baselines import load_baseline
 
-SLOWED_MODEL = """[models.slowed_mlp]
-factory = "tiny_models:slowed_mlp"
-data = "tiny_models:blobs"
-metric = "top1"
-
-[models.tiny_mlp]"""
 SLOWED = "slowed_mlp-fp32-torch_cpu-b1"
 TINY = "tiny_mlp-fp32-torch_cpu-b1"
 
@@ -32,7 +27,7 @@ def run(
 def project(perf_project: pytest.Pytester) -> pytest.Pytester:
     """The tiny project with the slowed MLP first: selected, its cases are SLOWED then TINY."""
     matrix = perf_project.path / "perf" / "matrix.toml"
-    matrix.write_text(matrix.read_text().replace("[models.tiny_mlp]", SLOWED_MODEL))
+    matrix.write_text(matrix.read_text().replace("[models.tiny_mlp]", SLOWED_MODEL + "\n[models.tiny_mlp]"))
     return perf_project
 
 
