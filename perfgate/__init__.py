@@ -3,11 +3,36 @@
 Every case of a declarative matrix (model x technique x backend x batch size) is built, checked
 for accuracy against its FP32 reference, timed through pytest-benchmark, and compared with the
 stored baseline of this runner.
+
+Importing perfgate is cheap: pytest loads its plugin in every run of the environment, so the names
+below that need torch are imported on first use (PEP 562), not here.
 """
 
-from perfgate.data import ModelData
-from perfgate.models import ModelContext
-from perfgate.training import TrainConfig, fit, train_classifier
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["ModelContext", "ModelData", "TrainConfig", "__version__", "fit", "train_classifier"]
+
+# Public name -> the module that defines it, imported when the name is first used.
+_LAZY = {
+    "ModelContext": "perfgate.models",
+    "ModelData": "perfgate.data",
+    "TrainConfig": "perfgate.training",
+    "fit": "perfgate.training",
+    "train_classifier": "perfgate.training",
+}
+__all__ = [*sorted(_LAZY), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'perfgate' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from perfgate.cli import build_parser
-from perfgate.plugin import MARKERS
+from perfgate.matrix import ALL_PROFILES, load_matrix
+from perfgate.suite_plugin import MARKERS, matrix_markers
 
 yaml = pytest.importorskip("yaml")
 
@@ -110,7 +111,8 @@ def test_pytest_command_is_valid(argv: list[str], perf_project: pytest.Pytester)
     """The options parse with the real plugins, and -m names registered markers only."""
     if "-m" in argv:
         words = set(re.findall(r"[A-Za-z_][\w-]*", argv[argv.index("-m") + 1])) - {"and", "or", "not"}
-        assert words <= set(MARKERS), f"unregistered markers {sorted(words - set(MARKERS))} in {argv}"
+        registered = {**MARKERS, **matrix_markers(load_matrix(EXAMPLES.parent.parent / "perf" / "matrix.toml", ALL_PROFILES))}
+        assert words <= set(registered), f"unregistered markers {sorted(words - set(registered))} in {argv}"
     result = perf_project.runpytest_inprocess(*argv, "--collect-only", "-q")
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED), result.stderr.str()
 
