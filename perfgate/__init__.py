@@ -17,6 +17,11 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it, imported when the name is first used.
 _LAZY = {
+    "RunError": "perfgate.api",
+    "RunResults": "perfgate.api",
+    "build_case": "perfgate.api",
+    "run": "perfgate.api",
+    "run_case": "perfgate.api",
     "ModelContext": "perfgate.models",
     "ModelData": "perfgate.data",
     "TrainConfig": "perfgate.training",

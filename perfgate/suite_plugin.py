@@ -570,7 +570,7 @@ class ResultCollector:
                 self._add(CaseResult.from_dict(json.loads(value)))
 
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
-        case_id = _case_id(nodeid)
+        case_id = nodeid_case_id(nodeid)
         if case_id is not None and self.config.stash[SESSION] is not None:
             _start_run(self.config)  # before the first case's own start is recorded
         _journal(self.config, "case", nodeid=nodeid, case_id=case_id)
@@ -587,7 +587,7 @@ class ResultCollector:
 
     def _crashed(self, report: pytest.TestReport) -> None:
         """A case whose process died: a result with status ``crashed``, so the report counts it."""
-        case_id = _case_id(report.nodeid)
+        case_id = nodeid_case_id(report.nodeid)
         if case_id is None or not matrix_path(self.config).is_file():
             return
         case = _matrix_case(self.config, case_id)
@@ -598,7 +598,7 @@ class ResultCollector:
         self._add(result)
 
 
-def _case_id(nodeid: str) -> str | None:
+def nodeid_case_id(nodeid: str) -> str | None:
     """The case id in a parametrized node id (``test_case[<case id>]``), or ``None``."""
     if not nodeid.endswith("]") or "[" not in nodeid:
         return None
@@ -631,7 +631,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
         state.passes = LaterPasses(
             progress=lambda line: _progress(config, line),
-            on_start=lambda it: _journal(config, "case", nodeid=it.nodeid, case_id=_case_id(it.nodeid)),
+            on_start=lambda it: _journal(config, "case", nodeid=it.nodeid, case_id=nodeid_case_id(it.nodeid)),
         )
     state.passes.run(item, nextitem)
     return True
@@ -798,6 +798,18 @@ def _not_accepted(result: CaseResult, status: str) -> str:
 
 
 REGRESSED = "its regression gate failed"
+
+
+def run_document(config: pytest.Config) -> Any:
+    """This run's cases and metadata as the :class:`perfgate.results.ResultsDocument` that its
+    ``results.json`` holds (:func:`perfgate.run` returns it); call after the session finished."""
+    from perfgate.report import results_document
+    from perfgate.results import ResultsDocument
+
+    results = list(config.stash.get(COLLECTED, []))
+    document = results_document(results, _report_meta(config, config.stash.get(DRIFT, None)))
+    meta = {key: value for key, value in document.items() if key != "cases"}
+    return ResultsDocument(meta, sorted(results, key=lambda r: r.case_id))
 
 
 def _report_meta(config: pytest.Config, drift: list[Drift] | None) -> dict[str, Any]:
