@@ -34,6 +34,7 @@ from pytest_benchmark.fixture import BenchmarkFixture  # noqa: E402
 from pytest_benchmark.logger import Logger  # noqa: E402
 from pytest_benchmark.utils import NameWrapper  # noqa: E402
 
+import perfgate  # noqa: E402
 from perfgate.timing import TimingPolicy, measure  # noqa: E402
 
 ROUNDS = 20_000
@@ -68,11 +69,10 @@ def perfgate_per_call(run: Callable[[], None], n: int) -> tuple[float, float]:
 
 
 def backend_run(case_id: str) -> Callable[[], None]:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from gate_power import built_case
-
-    case = built_case(case_id)
-    assert case.runtime is not None
+    """The case's loaded runtime, bound to one example, as ``pytest perf`` builds it."""
+    case = perfgate.build_case(REPO / "perf" / "matrix.toml", case_id, root=REPO)
+    assert case.runtime is not None and case.model is not None
+    case.runtime.bind(case.model.data.example(case.case.batch_size))
     return case.runtime.run
 
 

@@ -30,11 +30,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from perfgate import hardware  # noqa: E402
-from perfgate.cache import ArtifactCache  # noqa: E402
+import perfgate  # noqa: E402
 from perfgate.execution import CaseRun  # noqa: E402
-from perfgate.matrix import load_matrix  # noqa: E402
-from perfgate.session import PerfgateSession  # noqa: E402
 from perfgate.stats import LatencyStats  # noqa: E402
 from perfgate.timing import TimingPolicy, plan_rounds, warm_up  # noqa: E402
 
@@ -61,19 +58,8 @@ def built(model: str, backend: str, threads: int | None) -> CaseRun:
     folder = Path(tempfile.mkdtemp())
     table = f"threads = {{ intra_op = {threads} }}" if threads else ""
     (folder / "matrix.toml").write_text(MATRIX.format(repo=REPO.as_posix(), threads=table))
-    matrix = load_matrix(folder / "matrix.toml")
-    case = next(c for c in matrix.cases if c.id == f"{model}-fp32-{backend}-b1")
-    session = PerfgateSession(
-        matrix=matrix,
-        hardware=hardware.detect(),
-        runner="vendor-agreement",
-        cache=ArtifactCache(Path(os.environ.get("PERFGATE_CACHE", REPO / ".perfgate_cache"))),
-        baseline_root=folder,
-        progress=lambda line: print(f"  {line}", file=sys.stderr),
-    )
-    run = CaseRun(case, session, nodeid=case.id)
-    run.build()
-    return run
+    cache = Path(os.environ.get("PERFGATE_CACHE", REPO / ".perfgate_cache"))
+    return perfgate.build_case(folder / "matrix.toml", f"{model}-fp32-{backend}-b1", root=folder, cache=cache)
 
 
 def perfgate_latency(case: CaseRun, seconds: float) -> LatencyStats:
