@@ -127,6 +127,7 @@ class CaseRun:
             cache=self.session.cache,
             run_settings=self._run_settings(),  # a compiler (inductor) bakes the thread count in
             export_tolerance=self._export_tolerance(),
+            calibration=self.case.calibration,
         )
         self.session.progress(f"{self.case.id}: building")
         with self.guard.step("building"):
@@ -155,7 +156,7 @@ class CaseRun:
             self.result.first_inference_s = time.perf_counter() - start
 
     def _export_tolerance(self) -> Any:
-        from perfgate.export import ExportTolerance
+        from perfgate.backends.onnx_export import ExportTolerance
 
         return (
             ExportTolerance(**self.case.model.export_tolerance) if self.case.model.export_tolerance else None

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 import tomllib
 
 from perfgate.backends import BACKENDS
+from perfgate.calibration import Calibration
 from perfgate.gates import AccuracyPolicy, RegressionPolicy
 from perfgate.registry import UnknownEntryError
 from perfgate.techniques import TECHNIQUES
@@ -133,6 +134,9 @@ class Case:
     timing: TimingPolicy
     technique_options: dict[str, Any]
     threads: dict[str, int | None]
+    # The technique's ``calibration`` option, parsed when the file loaded; ``None`` for a lowering
+    # that does not calibrate. Backends read it from the build request, never from the options.
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)
@@ -511,6 +515,7 @@ class _TechniqueEntry:
     technique: Any
     table: dict[str, Any]
     options: dict[str, Any]
+    calibration: Calibration | None
 
 
 def _technique(name: str, table: Any, path: Path) -> _TechniqueEntry:
@@ -529,12 +534,13 @@ def _technique(name: str, table: Any, path: Path) -> _TechniqueEntry:
     try:
         technique.check_options(options)
         technique.check_merged_options(merged)
+        calibration = technique.calibration(merged)  # the defaults too: a technique's own typo
     except SettingError as exc:
         _fail(path, f"{where} options.{exc}")
     for key, rule in (technique.option_rules() or {}).items():
         if rule.imports and isinstance(merged.get(key), str):
             _importable(f"{where} options.{key}", merged[key], path)
-    return _TechniqueEntry(technique, table, merged)
+    return _TechniqueEntry(technique, table, merged, calibration)
 
 
 def _policies(
@@ -666,6 +672,7 @@ def _generate(matrix: Matrix, profile_name: str | None) -> None:
                             timing=timing,
                             technique_options=dict(entry.options),
                             threads={**global_threads, **backend_threads},
+                            calibration=entry.calibration,
                         )
                     )
     _check_generated(matrix, every_id, reasons, per_model, overrides, matched, selected_profile, profile)

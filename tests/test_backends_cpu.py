@@ -17,13 +17,14 @@ from tiny_models import blobs, tiny_mlp
 
 from perfgate.backends import BACKENDS, BuildRequest, RunSettings, predict
 from perfgate.cache import ArtifactCache
+from perfgate.calibration import Calibration
 from perfgate.matrix import load_matrix
 from perfgate.models import ModelContext, model_fingerprint
 
 FP32_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.97
 ONE_THREAD = RunSettings(intra_op_threads=1, inter_op_threads=1)
-CALIBRATION = {"calibration": {"method": "minmax", "size": 128}}
+CALIBRATION = Calibration(method="minmax", size=128)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def trained(shared_cache: Path) -> tuple[torch.nn.Module, ArtifactCache]:
 def make_request(
     trained: tuple[torch.nn.Module, ArtifactCache],
     lowering: str,
-    options: dict[str, object] | None = None,
+    calibration: Calibration | None = None,
     batch_size: int = 1,
 ) -> BuildRequest:
     model, cache = trained
@@ -46,11 +47,12 @@ def make_request(
         model=model,
         model_key=model_fingerprint(model),
         lowering=lowering,
-        options=options or {},
+        options={},
         data=blobs(),
         batch_size=batch_size,
         cache=cache,
         run_settings=ONE_THREAD,
+        calibration=calibration,
     )
 
 

@@ -34,7 +34,7 @@ from perfgate.cache import (
     PerfgateCacheWarning,
     atomic_write_text,
 )
-from perfgate.export import INPUT_NAME, export_onnx
+from perfgate.backends.onnx_export import INPUT_NAME, export_onnx
 from perfgate.models import ModelContext, model_fingerprint
 
 REPO = Path(__file__).resolve().parent.parent

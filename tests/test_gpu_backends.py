@@ -20,6 +20,7 @@ import torch
 from perfgate.backends import BACKENDS, BuildRequest, RunSettings, predict
 from perfgate.backends.tensorrt import batch_profile, engine_cache_key
 from perfgate.cache import ArtifactCache
+from perfgate.calibration import Calibration
 from perfgate.cuda_timing import (
     REMEDY_COPIES,
     REMEDY_LAUNCH,
@@ -221,7 +222,8 @@ def _request(tmp_path: Path, lowering: str, batch: int = 4) -> BuildRequest:
         model=SmallCNN().eval(),
         model_key=f"small-cnn-test-{lowering}",
         lowering=lowering,
-        options={"calibration": {"method": "entropy", "size": 64, "batch_size": 16}},
+        options={},
+        calibration=Calibration(method="entropy", size=64, batch_size=16),
         data=data,
         batch_size=batch,
         cache=ArtifactCache(tmp_path / "cache"),

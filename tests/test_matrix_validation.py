@@ -16,11 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import perfgate.matrix as matrix_module
 from perfgate.accuracy import MetricError, checked_metric, resolve_metric
+from perfgate.calibration import Calibration
 from perfgate.gates import AccuracyPolicy, RegressionPolicy
 from perfgate.matrix import ALL_PROFILES, MatrixError, load_matrix
+from perfgate.registry import Registry
 from perfgate.techniques import TECHNIQUES, NotApplicable
 from perfgate.techniques.pruning import NoPrunableChain
+from perfgate.techniques.quantization import StaticInt8
 from perfgate.timing import TimingPolicy
 from perfgate.validation import SettingError
 
@@ -509,6 +513,32 @@ def test_a_calibration_table_merges_into_the_techniques_default(tmp_path: Path) 
     cases = [c for c in load_matrix(write(tmp_path, text)).cases if c.technique == "int8_static_entropy"]
     assert cases and all(
         c.technique_options["calibration"] == {"method": "entropy", "size": 64} for c in cases
+    )
+
+
+def test_the_calibration_is_parsed_once_at_load_and_carried_by_each_case(tmp_path: Path) -> None:
+    """A case of a calibrating technique carries its parsed Calibration; any other case none."""
+    text = matrix_text(
+        ("[techniques.int8_static]", "[techniques.int8_static]\noptions = { calibration = { size = 64 } }")
+    )
+    cases = load_matrix(write(tmp_path, text)).cases
+    assert {c.calibration for c in cases if c.technique == "int8_static"} == {Calibration(size=64)}
+    assert {c.calibration for c in cases if c.technique == "fp32"} == {None}
+
+
+def test_a_techniques_own_calibration_typo_is_a_matrix_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A technique registered with a misspelled calibration default fails the load, naming it (it
+    failed each of its cases at build time, in each backend that re-read the options)."""
+    registry: Registry[Any] = Registry("technique")
+    registry.register("fp32", TECHNIQUES.get("fp32"))
+    typo = StaticInt8(name="int8_typo", description="", default_options={"calibration": {"methd": "minmax"}})
+    registry.register("int8_typo", typo)
+    monkeypatch.setattr(matrix_module, "TECHNIQUES", registry)
+    text = matrix_text(("[techniques.int8_static]", "[techniques.int8_typo]"))
+    refused(
+        tmp_path, text, '[techniques.int8_typo] options.calibration.methd = "minmax": unknown calibration key'
     )
 
 

@@ -22,11 +22,12 @@ from torch import nn
 
 from perfgate.backends import BACKENDS, Artifact, Backend, BuildRequest, RunSettings
 from perfgate.cache import ArtifactCache
+from perfgate.calibration import Calibration
 from perfgate.data import ModelData
 from perfgate.models import model_fingerprint
 from perfgate.techniques import TECHNIQUES, TransformContext
 
-CALIBRATION = {"calibration": {"method": "minmax", "size": 32}}
+CALIBRATION = Calibration(method="minmax", size=32)
 
 
 class SmallCNN(nn.Module):
@@ -81,8 +82,8 @@ def make_request(cache: ArtifactCache, model_name: str, lowering: str) -> BuildR
     torch.manual_seed(0)
     model = build().eval()
     return BuildRequest(
-        f"{model_name}-{lowering}", model, model_fingerprint(model), lowering, CALIBRATION, data(), 1, cache,
-        RunSettings(1, 1),
+        f"{model_name}-{lowering}", model, model_fingerprint(model), lowering, {}, data(), 1, cache,
+        RunSettings(1, 1), calibration=CALIBRATION,
     )  # fmt: skip
 
 

@@ -6,6 +6,7 @@ and judges it with the technique's own default tolerances through the accuracy g
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ from perfgate import ModelContext, ModelData, TrainConfig, train_classifier
 from perfgate.accuracy import AccuracyResult, Fidelity, top1
 from perfgate.backends import BACKENDS, Artifact, BuildRequest, RunSettings, predict
 from perfgate.cache import ArtifactCache
+from perfgate.calibration import Calibration
 from perfgate.gates import AccuracyPolicy, accuracy_verdicts
 from perfgate.hardware import Hardware, detect
 from perfgate.models import model_fingerprint
 from perfgate.techniques import TECHNIQUES, TransformContext
-from perfgate.techniques.quantization import Calibration, CalibrationError
+from perfgate.validation import SettingError
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -81,7 +83,7 @@ class Trained:
         extra = tech.transform_key(options)
         request = BuildRequest(
             f"{self.name}-{technique}-{backend}", model, self.key if extra is None else f"{self.key}-{extra}",
-            tech.lowering, options, self.data, 8, self.cache,
+            tech.lowering, options, self.data, 8, self.cache, calibration=tech.calibration(options),
         )  # fmt: skip
         artifact = BACKENDS.get(backend).build(request)
         session = BACKENDS.get(backend).load(artifact, request, RunSettings(1, 1))
@@ -176,11 +178,26 @@ def test_calibration_size_option_changes_the_result(cnn: Trained) -> None:
 
 def test_calibration_options_are_validated() -> None:
     """An unknown method or key is refused with the valid choices named."""
-    with pytest.raises(CalibrationError, match="minmax, entropy, percentile"):
+    with pytest.raises(SettingError, match="minmax, entropy, percentile"):
         Calibration.from_options({"calibration": {"method": "kl"}})
-    with pytest.raises(CalibrationError, match="unknown calibration option"):
+    with pytest.raises(SettingError, match=r"calibration\.samples = 10: unknown calibration key"):
         Calibration.from_options({"calibration": {"samples": 10}})
     assert Calibration.from_options({}).method == "minmax"
+
+
+def test_a_backend_calibrates_from_the_request_not_the_options(cnn: Trained) -> None:
+    """The request's parsed calibration is what a backend uses; its raw options are not read again."""
+    tech = TECHNIQUES.get("int8_static")
+    request = BuildRequest(
+        "cnn-int8_static-onnxruntime_cpu", cnn.module, cnn.key, tech.lowering,
+        {"calibration": {"method": "no such method"}}, cnn.data, 8, cnn.cache,
+        calibration=Calibration(size=16),
+    )  # fmt: skip
+    artifact = BACKENDS.get("onnxruntime_cpu").build(request)
+    small, _ = cnn.build("int8_static", "onnxruntime_cpu", calibration={"method": "minmax", "size": 16})
+    assert artifact.path == small.path
+    with pytest.raises(ValueError, match=r"needs BuildRequest\.calibration"):
+        BACKENDS.get("onnxruntime_cpu").build(dataclasses.replace(request, calibration=None))
 
 
 def test_qat_lowers_to_int8_on_torch_and_qdq_on_onnxruntime(trained: Trained) -> None:
@@ -209,7 +226,7 @@ def test_fp16_onnxruntime_has_fp16_weights_and_fp32_io(cnn: Trained) -> None:
 
 def test_bf16_torch_computes_in_bf16(cnn: Trained) -> None:
     """The torch BF16 module holds BF16 weights, returns FP32 and stays within defaults."""
-    reason = TECHNIQUES.get("bf16").missing(detect(), "torch_cpu")
+    reason = TECHNIQUES.get("bf16").missing(detect(), "cpu")
     if reason:
         pytest.skip(reason)
     artifact, outputs = cnn.build("bf16", "torch_cpu")
@@ -222,13 +239,13 @@ def test_bf16_is_skipped_on_a_cpu_without_the_instructions() -> None:
     """BF16 on a CPU backend names the missing instructions; FP16 and GPU backends are not affected."""
     plain = Hardware(cpu_model="Old CPU", cpu_cores=2, machine="x86_64", isa=("avx2",))
     bf16 = TECHNIQUES.get("bf16")
-    reason = bf16.missing(plain, "torch_cpu")
+    reason = bf16.missing(plain, "cpu")
     assert reason is not None and "avx512_bf16" in reason and "avx2" in reason
     empty = Hardware("Empty", 2, "x86_64", ())
-    assert bf16.missing(empty, "torch_cpu").endswith("(this CPU has: none detected)")
-    assert bf16.missing(Hardware("New CPU", 2, "x86_64", ("avx512_bf16",)), "torch_cpu") is None
-    assert bf16.missing(plain, "torch_cuda") is None
-    assert TECHNIQUES.get("fp16").missing(plain, "onnxruntime_cpu") is None
+    assert bf16.missing(empty, "cpu").endswith("(this CPU has: none detected)")
+    assert bf16.missing(Hardware("New CPU", 2, "x86_64", ("avx512_bf16",)), "cpu") is None
+    assert bf16.missing(plain, "cuda") is None
+    assert TECHNIQUES.get("fp16").missing(plain, "cpu") is None
 
 
 def test_lowerings_are_generated_only_where_implemented() -> None:

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, NoReturn, Protocol
 import numpy as np
 
 from perfgate.cache import ArtifactCache
+from perfgate.calibration import CALIBRATED_LOWERING, Calibration
 from perfgate.data import ModelData
 
 
@@ -30,9 +31,24 @@ class BuildRequest:
     # The session's thread settings, for a backend whose build depends on them (inductor bakes
     # the thread count into its kernels); ``None`` when the caller does not give them.
     run_settings: RunSettings | None = None
-    # How far an ONNX export may differ from torch (perfgate.export.ExportTolerance); ``None``
-    # for the default. A model sets it in its matrix table.
+    # How far an ONNX export may differ from torch (perfgate.backends.onnx_export.ExportTolerance);
+    # ``None`` for the default. A model sets it in its matrix table.
     export_tolerance: Any = None
+    # How an ``int8_static`` lowering calibrates, parsed from the technique's options when the
+    # matrix loaded (perfgate.matrix); ``None`` for every other lowering.
+    calibration: Calibration | None = None
+
+    def require_calibration(self) -> Calibration:
+        """The calibration of an ``int8_static`` lowering, for a backend about to calibrate.
+
+        :raises ValueError: the request carries none (built by hand without ``calibration=``).
+        """
+        if self.calibration is None:
+            raise ValueError(
+                f"{self.case_id}: the {CALIBRATED_LOWERING} lowering needs BuildRequest.calibration "
+                "(perfgate.calibration.Calibration.from_options(options)); the request has none"
+            )
+        return self.calibration
 
 
 @dataclass

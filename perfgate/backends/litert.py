@@ -114,15 +114,6 @@ def pt2e_quantizer(dynamic: bool, observer: Any = None) -> Any:
     return pq.PT2EQuantizer().set_global(config)
 
 
-def calibration_batches(request: BuildRequest, calibration: Any) -> list[np.ndarray]:
-    """The technique's calibration set, in its calibration batches.
-
-    :param request: the case's build request.
-    :param calibration: the technique's :class:`perfgate.techniques.quantization.Calibration`.
-    """
-    return calibration.batches(request.data)
-
-
 def quantize_pt2e(request: BuildRequest, quantizer: Any, batches: list[np.ndarray]) -> Any:
     """Export, annotate, calibrate and convert the model with a PT2E quantizer.
 
@@ -164,12 +155,10 @@ def convert(request: BuildRequest, path: Path) -> dict[str, Any]:
         model = quantize_pt2e(request, quantizer, [request.data.example(2)])
         config = quant_config.QuantConfig(pt2e_quantizer=quantizer)
     elif request.lowering == "int8_static":
-        from perfgate.techniques.quantization import Calibration
-
-        calibration = Calibration.from_options(request.options)
+        calibration = request.require_calibration()
         observer, observer_name = activation_observer(calibration.method)  # type: ignore[misc]
         quantizer = pt2e_quantizer(dynamic=False, observer=observer)
-        model = quantize_pt2e(request, quantizer, calibration_batches(request, calibration))
+        model = quantize_pt2e(request, quantizer, calibration.batches(request.data))
         config = quant_config.QuantConfig(pt2e_quantizer=quantizer)
         info = {"calibration": calibration.to_dict(), "activation_observer": observer_name}
     elif request.lowering == "fp16":
@@ -308,9 +297,7 @@ class LiteRtCpuBackend(Backend):
 
         calibration = None
         if request.lowering == "int8_static":
-            from perfgate.techniques.quantization import Calibration
-
-            calibration = Calibration.from_options(request.options)
+            calibration = request.require_calibration()
             if activation_observer(calibration.method) is None:
                 skip_case(
                     f"{request.case_id}: LiteRT has no {calibration.method} calibration "

@@ -10,7 +10,7 @@ import numpy as np
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
-from perfgate.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from perfgate.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 
 def quantize_dynamic_onnx(request: BuildRequest, fp32: Path) -> CacheHit:
@@ -52,9 +52,7 @@ def quantize_static_onnx(request: BuildRequest, fp32: Path) -> CacheHit:
     """
     import onnxruntime
 
-    from perfgate.techniques.quantization import Calibration
-
-    calibration = Calibration.from_options(request.options)
+    calibration = request.require_calibration()
     key = stable_hash("ort-int8-static", fp32.parent.name, calibration.to_dict(), onnxruntime.__version__)
 
     def build(path: Path) -> None:

@@ -1,6 +1,6 @@
 """ONNX Runtime on CUDA: the CUDA execution provider and the TensorRT execution provider.
 
-Both run the shared ONNX export (``perfgate.export``) through IO binding with device-resident
+Both run the shared ONNX export (``perfgate.backends.onnx_export``) through IO binding with device-resident
 OrtValues, so that the timed ``run_with_iobinding`` does no host-device copy; with
 ``copies_timed`` the inputs and outputs are bound on the CPU instead and ONNX Runtime copies them
 inside the timed call. Each session runs on its own CUDA stream (``user_compute_stream``), the
@@ -32,7 +32,7 @@ from perfgate.backends.onnxruntime import OnnxRuntimeCpuBackend, OrtSession
 from perfgate.backends.torch_cuda import gpu_missing
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.cuda_timing import CudaEventTimer, copies_timed
-from perfgate.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from perfgate.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 GPU_INSTALL_HINT = "pip install 'perfgate[gpu]' in an environment without onnxruntime (CPU)"
 

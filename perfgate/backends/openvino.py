@@ -45,7 +45,7 @@ import numpy as np
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings, error_line, skip_case
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
-from perfgate.export import export_onnx
+from perfgate.backends.onnx_export import export_onnx
 from perfgate.jsonio import dumps_stable
 
 # Lowering -> the inference precision it asks of the CPU plugin.
@@ -101,9 +101,7 @@ def quantize_nncf(model: Any, request: BuildRequest) -> tuple[Any, dict[str, Any
     """
     import nncf
 
-    from perfgate.techniques.quantization import Calibration
-
-    calibration = Calibration.from_options(request.options)
+    calibration = request.require_calibration()
     samples = np.ascontiguousarray(request.data.calibration_set(calibration.size))
     estimator, estimator_name = nncf_range_estimator(calibration.method, calibration.percentile)
     transformer = is_transformer(model)
@@ -132,9 +130,7 @@ def _calibration_key(request: BuildRequest) -> Any:
         return None
     import nncf
 
-    from perfgate.techniques.quantization import Calibration
-
-    return [Calibration.from_options(request.options).to_dict(), request.data.fingerprint(), nncf.__version__]
+    return [request.require_calibration().to_dict(), request.data.fingerprint(), nncf.__version__]
 
 
 def convert_ir(request: BuildRequest, onnx_path: Path) -> tuple[CacheHit, dict[str, Any]]:

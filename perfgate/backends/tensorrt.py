@@ -34,7 +34,7 @@ import numpy as np
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
 from perfgate.cache import CacheHit, stable_hash
 from perfgate.cuda_timing import CudaEventTimer, copies_timed
-from perfgate.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from perfgate.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 WORKSPACE_BYTES = 4 << 30  # builder scratch memory; the H200 has plenty, tiny models need little
 CALIBRATORS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
@@ -177,9 +177,7 @@ def make_calibrator(trt: Any, method: str, batches: tuple[np.ndarray, ...], cach
 
 def calibration_batches(request: BuildRequest) -> tuple[dict[str, Any], tuple[np.ndarray, ...]]:
     """The calibration settings and equal-sized batches (a calibration profile has one shape)."""
-    from perfgate.techniques.quantization import Calibration
-
-    calibration = Calibration.from_options(request.options)
+    calibration = request.require_calibration()
     batches = [b.astype(np.float32) for b in calibration.batches(request.data)]
     full = tuple(b for b in batches if len(b) == len(batches[0]))  # drop a short last batch
     return calibration.to_dict(), full

@@ -40,18 +40,17 @@ def quantize_dynamic_int8(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def quantize_static_int8(request: BuildRequest) -> torch.nn.Module:
-    """Static INT8 through FX graph mode, calibrated as the technique's options say."""
-    from perfgate.techniques import fx_quant
-    from perfgate.techniques.quantization import Calibration
+    """Static INT8 through FX graph mode, calibrated as the request's calibration says."""
+    from perfgate.backends import torch_fx_quant
 
-    return fx_quant.quantize_static(request.model, request.data, Calibration.from_options(request.options))
+    return torch_fx_quant.quantize_static(request.model, request.data, request.require_calibration())
 
 
 def convert_qat_int8(request: BuildRequest) -> torch.nn.Module:
     """The QAT technique's fake-quant model, converted to INT8 modules with its learned scales."""
-    from perfgate.techniques import fx_quant
+    from perfgate.backends import torch_fx_quant
 
-    return fx_quant.convert_qat(request.model)
+    return torch_fx_quant.convert_qat(request.model)
 
 
 class BFloat16Module(torch.nn.Module):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from perfgate.cache import ArtifactCache
+from perfgate.calibration import CALIBRATED_LOWERING, CALIBRATION_RULE, Calibration
 from perfgate.data import ModelData
 from perfgate.hardware import Hardware
 from perfgate.validation import Rule, SettingError, boolean, check_table, integer
@@ -78,11 +79,21 @@ class Technique:
         if self.option_keys is None:
             return None
         rules = dict(RUNTIME_OPTIONS)
-        if self.lowering == "int8_static":  # every backend calibrates through Calibration.from_options
-            from perfgate.techniques.quantization import CALIBRATION_RULE
-
+        if self.calibrates:
             rules["calibration"] = CALIBRATION_RULE
         return {**rules, **self.option_keys}
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether the lowering calibrates on data, so that the technique takes a ``calibration`` option."""
+        return self.lowering == CALIBRATED_LOWERING
+
+    def calibration(self, options: dict[str, Any]) -> Calibration | None:
+        """The case's calibration, parsed from its merged ``options``; ``None`` when the lowering has none.
+
+        :raises SettingError: an unknown key, or a value of the wrong type or range.
+        """
+        return Calibration.from_options(options) if self.calibrates else None
 
     def check_options(self, options: dict[str, Any]) -> None:
         """Check the matrix's ``options`` table (before the defaults are merged in).
@@ -115,10 +126,13 @@ class Technique:
         """What the transform depends on beyond the input model, or ``None`` for no transform."""
         return None
 
-    def missing(self, hardware: Hardware, backend: str) -> str | None:
-        """Why this technique cannot run on this runner's hardware with ``backend``, or ``None``.
+    def missing(self, hardware: Hardware, device: str) -> str | None:
+        """Why this technique cannot run on this runner's hardware on ``device``, or ``None``.
 
         Checked at collection: a case it names is skipped with that one-line reason.
+
+        :param hardware: this runner.
+        :param device: where the case runs, its backend's device: ``"cpu"`` or ``"cuda"``.
         """
         return None
 

@@ -24,11 +24,13 @@ class ReducedPrecision(Technique):
     family: str | None = "fp16"
     cpu_isa: tuple[str, ...] = ()
 
-    def missing(self, hardware: Hardware, backend: str) -> str | None:
-        """Why the CPU cannot run this precision natively, or ``None``."""
-        from perfgate.backends import BACKENDS
+    def missing(self, hardware: Hardware, device: str) -> str | None:
+        """Why the CPU cannot run this precision natively, or ``None`` (always on a CUDA device).
 
-        if not self.cpu_isa or BACKENDS.get(backend).device != "cpu":
+        :param hardware: this runner.
+        :param device: the case's device, ``"cpu"`` or ``"cuda"``.
+        """
+        if not self.cpu_isa or device != "cpu":
             return None
         if any(flag in hardware.isa for flag in self.cpu_isa):
             return None

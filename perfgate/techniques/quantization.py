@@ -1,24 +1,22 @@
 """INT8 quantization techniques: dynamic, static (PTQ with calibration) and QAT.
 
-The torch-level part of a technique lives here (QAT's fine-tune); what each runtime does with the
-model (its lowering) lives in the backend's module, which reads the calibration settings through
-:meth:`Calibration.from_options`, so that every backend calibrates on the same data the same way.
+The torch-level part of a technique lives here (QAT's fine-tune, in :mod:`perfgate.techniques.qat_fx`);
+what each runtime does with the model (its lowering) lives in the backend's module. The static
+techniques' ``calibration`` option is parsed once, when the matrix loads, into the
+:class:`perfgate.calibration.Calibration` that every backend reads from its build request, so that
+every backend calibrates on the same data the same way.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
-
-import numpy as np
 
 from perfgate.cache import stable_hash
 from perfgate.techniques.base import Technique, TransformContext
-from perfgate.validation import Rule, SettingError, choice, integer, number, table
-
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+from perfgate.validation import Rule, integer, number
 
 # MLPerf's rule (keep 99% of FP32 top-1) stays the gate. Agreement and SQNR are floors that a
 # well-calibrated, per-channel INT8 model clears with room (measured: docs/techniques.md); they
@@ -28,66 +26,6 @@ INT8_ACCURACY: dict[str, float | None] = {
     "min_top1_agreement": 0.97,
     "min_sqnr_db": 15.0,
 }
-
-
-# The ``calibration`` option of every technique with an ``int8_static`` lowering (checked at load
-# time by the matrix, and again by each backend through :meth:`Calibration.from_options`).
-CALIBRATION_RULE = table(
-    "how static INT8 collects activation ranges",
-    method=choice(*CALIBRATION_METHODS, hint="how activation ranges are chosen"),
-    size=integer(1, hint="calibration samples, from the training split"),
-    # Each side keeps ``percentile`` of the values: at or below 50 the two clipping points cross.
-    percentile=number(50, 100, low_open=True, hint="kept by the percentile method, e.g. 99.999"),
-    batch_size=integer(1, hint="samples per calibration batch"),
-)
-
-
-class CalibrationError(ValueError):
-    """The ``calibration`` options of a technique are invalid; the message names the fix."""
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """How static INT8 collects activation ranges, shared by every backend that calibrates.
-
-    :param method: ``minmax`` (observed range), ``entropy`` (histogram search for the range that
-        keeps the quantized distribution closest to the float one) or ``percentile`` (clip the
-        observed range to ``percentile`` of the values, dropping outliers).
-    :param size: calibration samples, drawn from the training split, never the eval set.
-    :param percentile: the percentile kept by the ``percentile`` method.
-    :param batch_size: samples per calibration batch (memory only; the ranges do not depend on it).
-    """
-
-    method: str = "minmax"
-    size: int = 256
-    percentile: float = 99.999
-    batch_size: int = 32
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> Calibration:
-        """Read ``options["calibration"]`` (a table in the matrix file) and validate it.
-
-        :param options: the technique options of a case.
-        """
-        table = dict(options.get("calibration", {}))
-        unknown = set(table) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise CalibrationError(
-                f"unknown calibration option(s) {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}"
-            )
-        try:
-            CALIBRATION_RULE.check("calibration", table)
-        except SettingError as exc:
-            raise CalibrationError(str(exc)) from None
-        return replace(cls(), **table)
-
-    def batches(self, data: Any) -> list[np.ndarray]:
-        """The calibration set of ``data`` (a :class:`perfgate.data.ModelData`), in batches."""
-        inputs = np.ascontiguousarray(data.calibration_set(self.size))
-        return [inputs[start : start + self.batch_size] for start in range(0, len(inputs), self.batch_size)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 INT8_DYNAMIC = Technique(
@@ -106,7 +44,7 @@ class StaticInt8(Technique):
 
     The model is not changed at the torch level: each backend calibrates and quantizes in its own
     toolchain (FX graph mode in torch, ``quantize_static`` in ONNX Runtime, NNCF in OpenVINO), all
-    from the same :class:`Calibration`. One class, one instance per default calibration method, so
+    from the same :class:`perfgate.calibration.Calibration`. One class, one instance per default calibration method, so
     that the methods are separate rows of the matrix.
     """
 
@@ -158,22 +96,23 @@ class QuantizationAwareTraining(Technique):
 
     def transform(self, model: Any, ctx: TransformContext) -> Any:
         """Return the fine-tuned fake-quant model, from the cache when it was trained before."""
+        import numpy as np
         import torch
 
-        from perfgate.techniques import fx_quant
+        from perfgate.techniques import qat_fx
         from perfgate.techniques.finetune import require_labels
 
         require_labels(ctx, self.name)
         data = ctx.data
         options = {**self.default_options, **ctx.options}
         example = torch.from_numpy(np.ascontiguousarray(data.train_inputs[:1]))
-        prepared = fx_quant.prepare_qat(copy.deepcopy(model), example)
+        prepared = qat_fx.prepare_qat(copy.deepcopy(model), example)
         key = stable_hash(ctx.model_key, self.transform_key(options), data.fingerprint())
 
         def train(path: Any) -> None:
             ctx.progress(f"{ctx.model_name}: QAT fine-tune ({options['epochs']} epochs, cached afterwards)")
             progress = lambda line: ctx.progress(f"{ctx.model_name} qat: {line}")  # noqa: E731
-            fx_quant.fine_tune_qat(prepared, data, options, progress)
+            qat_fx.fine_tune_qat(prepared, data, options, progress)
             torch.save(prepared.state_dict(), path)
 
         hit = ctx.cache.get_or_build(
@@ -181,15 +120,15 @@ class QuantizationAwareTraining(Technique):
         )
         if hit.cached:
             prepared.load_state_dict(hit.value)
-        return fx_quant.freeze_qat(prepared)
+        return qat_fx.freeze_qat(prepared)
 
     def transform_key(self, options: dict[str, Any]) -> str | None:
         import torch
 
-        from perfgate.techniques import fx_quant
+        from perfgate.techniques import qat_fx
 
         merged = {**self.default_options, **options}
-        return stable_hash("qat", merged, fx_quant.RECIPE_VERSION, torch.__version__)
+        return stable_hash("qat", merged, qat_fx.RECIPE_VERSION, torch.__version__)
 
 
 QAT = QuantizationAwareTraining(

@@ -1,4 +1,4 @@
-"""The ONNX export that ONNX Runtime, OpenVINO and TensorRT cases share, validated once."""
+"""The ONNX export that the ONNX Runtime, OpenVINO and TensorRT backends share, validated once."""
 
 from __future__ import annotations
 
