@@ -96,10 +96,6 @@ class ArtifactCache:
         # file once, however many cases use it.
         self._digests: dict[tuple[str, int, int], str] = {}
 
-    def entry(self, kind: str, key: str, filename: str) -> Path:
-        """The path the artifact ``filename`` of entry ``kind/key`` has once built."""
-        return self.root / kind / key / filename
-
     def get_or_build(
         self,
         kind: str,

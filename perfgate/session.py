@@ -19,7 +19,6 @@ from perfgate.hardware import Hardware
 from perfgate.matrix import Matrix, ModelSpec
 from perfgate.models import LoadedModel, ModelContext, model_fingerprint
 from perfgate.registry import import_object
-from perfgate.results import CaseResult
 
 REFERENCE_BACKEND = "torch_cpu"
 
@@ -65,7 +64,6 @@ class PerfgateSession:
     cache: ArtifactCache
     baseline_root: Path
     progress: Callable[[str], None]
-    options: dict[str, Any] = field(default_factory=dict)
     # The run journal's record of a case entering a step (case id, step name).
     on_step: Callable[[str, str], None] = field(default=lambda case_id, step: None)
     # Called from a watchdog thread when a case hangs in native code past its time limit.
@@ -76,7 +74,6 @@ class PerfgateSession:
     # baseline file's (perfgate.history).
     history_judge: Callable[[Any, list[Any]], Any] | None = None
     counter: MatrixProgress = field(default_factory=MatrixProgress)
-    results: list[CaseResult] = field(default_factory=list)
     _models: dict[str, LoadedModel] = field(default_factory=dict)
     _references: dict[str, np.ndarray] = field(default_factory=dict)
 
