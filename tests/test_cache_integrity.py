@@ -27,6 +27,7 @@ from tiny_models import blobs, tiny_mlp
 
 import perfgate.cache as cache_module
 from perfgate.backends import BuildRequest
+from perfgate.backends.onnx_export import INPUT_NAME, export_onnx
 from perfgate.cache import (
     BUILD_RECORD,
     ArtifactCache,
@@ -34,7 +35,6 @@ from perfgate.cache import (
     PerfgateCacheWarning,
     atomic_write_text,
 )
-from perfgate.backends.onnx_export import INPUT_NAME, export_onnx
 from perfgate.models import ModelContext, model_fingerprint
 
 REPO = Path(__file__).resolve().parent.parent

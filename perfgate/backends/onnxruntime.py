@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
-from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 
 
 def quantize_dynamic_onnx(request: BuildRequest, fp32: Path) -> CacheHit:

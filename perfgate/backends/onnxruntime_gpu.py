@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from perfgate.backends.base import Artifact, BuildRequest, RunSettings
+from perfgate.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from perfgate.backends.onnxruntime import OnnxRuntimeCpuBackend, OrtSession
 from perfgate.backends.torch_cuda import gpu_missing
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.cuda_timing import CudaEventTimer, copies_timed
-from perfgate.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 GPU_INSTALL_HINT = "pip install 'perfgate[gpu]' in an environment without onnxruntime (CPU)"
 

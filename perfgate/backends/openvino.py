@@ -44,8 +44,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings, error_line, skip_case
-from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.backends.onnx_export import export_onnx
+from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.jsonio import dumps_stable
 
 # Lowering -> the inference precision it asks of the CPU plugin.

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
+from perfgate.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from perfgate.cache import CacheHit, stable_hash
 from perfgate.cuda_timing import CudaEventTimer, copies_timed
-from perfgate.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 WORKSPACE_BYTES = 4 << 30  # builder scratch memory; the H200 has plenty, tiny models need little
 CALIBRATORS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
