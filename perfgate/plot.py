@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from perfgate.report import Score, human_bytes, model_score
+from perfgate.pareto import Score, model_score
 from perfgate.results import CaseResult, ResultsDocument
+from perfgate.units import human_bytes
 
 LOG_SPREAD = 8.0  # a log latency axis once the slowest case is this many times the fastest
 OFFSET_RADII = (5.0, 11.0, 18.0, 27.0, 38.0, 52.0, 68.0, 86.0, 110.0)  # label distances tried, in points

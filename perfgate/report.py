@@ -9,28 +9,27 @@ import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from perfgate.cache import atomic_write_text
 from perfgate.gates import Verdict
 from perfgate.jsonio import write_json
-from perfgate.pareto import pareto_front
+from perfgate.pareto import Score, model_score
 from perfgate.results import RESULTS_SCHEMA_VERSION, UNFINISHED, CaseResult, ResultsDocument
+from perfgate.units import human_bytes
 
-REFERENCE = ("fp32", "torch_cpu")  # the speedup column is over this technique and backend
+# A model table's columns, by name: each row is a dict keyed by them (:func:`_cells`). The score's
+# two, "acc" and "Δacc", are headed by the model's score (``mse``, ``Δmse``; :func:`columns`).
 COLUMNS = ("case", "p50 ms", "p99 ms", "thr/s", "acc", "Δacc", "size", "speedup", "pareto", "verdict")
 
 
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+def reference() -> tuple[str, str]:
+    """The technique and backend the speedup column is over, from their registries (``fp32``, ``torch_cpu``)."""
+    from perfgate.backends import reference_backend
+    from perfgate.techniques import reference_technique
+
+    return reference_technique(), reference_backend()
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -43,90 +42,6 @@ def _score_fmt(value: float | None, signed: bool = False) -> str:
         return "-"
     sign = "+" if signed else ""
     return format(value, f"{sign}.4f" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{sign}.3e")
-
-
-def metric_direction(accuracy: dict[str, Any]) -> str:
-    """``"higher"`` or ``"lower"``: which way the task metric is better (results without it: higher)."""
-    return "lower" if accuracy.get("metric_direction") == "lower" else "higher"
-
-
-@dataclass(frozen=True)
-class Score:
-    """What a model's cases are ranked on: its task metric, or top-1 agreement where it has none.
-
-    :param name: the metric's name (``top1``, ``mse``, ...), or ``top-1 agreement``.
-    :param higher_is_better: the direction; a lower-is-better metric (MSE) ranks the smaller first.
-    :param task_metric: ``False`` for the fallback, top-1 agreement with the FP32 reference.
-    """
-
-    name: str
-    higher_is_better: bool = True
-    task_metric: bool = True
-
-    @property
-    def direction(self) -> str:
-        return "higher" if self.higher_is_better else "lower"
-
-    @property
-    def header(self) -> str:
-        """The table column of the score; its delta column is this with a Δ in front."""
-        return self.name if self.task_metric else "agreement"
-
-    def describe(self) -> str:
-        """``mse (lower is better)``: the line above a model's table."""
-        what = self.name if self.task_metric else "top-1 agreement with the FP32 reference"
-        return f"{what} ({self.direction} is better)"
-
-    def value(self, result: CaseResult) -> float | None:
-        if not result.accuracy:
-            return None
-        if self.task_metric:
-            metric = result.accuracy.get("metric")
-            return None if metric is None else float(metric)
-        return float(result.accuracy["fidelity"]["top1_agreement"])
-
-    def delta(self, result: CaseResult) -> float | None:
-        """The case's metric minus the FP32 reference's (none for agreement, the reference's is 1)."""
-        if not self.task_metric or not result.accuracy:
-            return None
-        return result.accuracy.get("metric_delta")
-
-    def rank(self, value: float) -> float:
-        """The value turned so that larger is better, for ``max`` and sorting."""
-        return value if self.higher_is_better else -value
-
-    def front(self, cases: Sequence[CaseResult]) -> dict[str, bool]:
-        """case id -> on the Pareto frontier, for the timed and scored cases that did not crash."""
-        usable = [r for r in cases if r.latency and self.value(r) is not None and r.status not in UNFINISHED]
-        points = [(r.latency.p50_ms, self.value(r)) for r in usable]  # type: ignore[union-attr]
-        flags = pareto_front(points, higher_is_better=self.higher_is_better)  # type: ignore[arg-type]
-        return dict(zip([r.case_id for r in usable], flags, strict=True))
-
-
-AGREEMENT = Score("top-1 agreement", higher_is_better=True, task_metric=False)
-
-
-def model_score(cases: Sequence[CaseResult]) -> Score:
-    """The score of one model's cases: its task metric when every scored case has the same one
-    (name and direction), else top-1 agreement for all, so that one table never mixes two scales."""
-    kinds = {
-        (r.accuracy.get("metric_name") or "metric", metric_direction(r.accuracy))
-        if r.accuracy.get("metric") is not None
-        else None
-        for r in cases
-        if r.accuracy
-    }
-    if len(kinds) == 1 and (kind := kinds.pop()) is not None:
-        return Score(kind[0], higher_is_better=kind[1] == "higher")
-    return AGREEMENT
-
-
-def accuracy_score(result: CaseResult) -> float | None:
-    """The task metric if the model has one, else top-1 agreement with the reference.
-
-    For one case alone; a model's table and plot use ``model_score`` of all its cases.
-    """
-    return model_score([result]).value(result)
 
 
 def is_incomparable(verdict: Verdict | None) -> bool:
@@ -182,13 +97,12 @@ def model_rows(results: Sequence[CaseResult]) -> dict[str, list[dict[str, Any]]]
 
 
 def _rows(group: Sequence[CaseResult], score: Score) -> list[dict[str, Any]]:
-    reference = {
-        r.batch_size: r.latency.p50_ms for r in group if (r.technique, r.backend) == REFERENCE and r.latency
-    }
+    over = reference()
+    p50s = {r.batch_size: r.latency.p50_ms for r in group if (r.technique, r.backend) == over and r.latency}
     front = score.front(group)
     rows = []
     for r in group:
-        ref = reference.get(r.batch_size)
+        ref = p50s.get(r.batch_size)
         effect = r.verdict("technique_effect")
         rows.append(
             {
@@ -210,24 +124,31 @@ def _rows(group: Sequence[CaseResult], score: Score) -> list[dict[str, Any]]:
 
 
 def columns(score: Score) -> tuple[str, ...]:
-    """The table's columns, the score's two named after it (``mse``, ``Δmse``)."""
-    return (*COLUMNS[:4], score.header, f"Δ{score.header}", *COLUMNS[6:])
+    """The table's headers, in :data:`COLUMNS` order, the score's two named after it (``mse``, ``Δmse``)."""
+    headed = {"acc": score.header, "Δacc": f"Δ{score.header}"}
+    return tuple(headed.get(column, column) for column in COLUMNS)
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
+def _cells(row: dict[str, Any]) -> dict[str, str]:
+    """A row's text, keyed by column name."""
     p99 = _fmt(row["p99_ms"], ".4f") + ("~" if row["p99_low_confidence"] else "")
-    return [
-        row["case"],
-        _fmt(row["p50_ms"], ".4f"),
-        p99,
-        _fmt(row["throughput_per_s"], ".0f"),
-        _score_fmt(row["accuracy"]),
-        _score_fmt(row["accuracy_delta"], signed=True),
-        human_bytes(row["size_bytes"]) + (" !" if row.get("effect") else ""),
-        "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
-        "*" if row["pareto"] else "",
-        row["verdict"],
-    ]
+    return {
+        "case": row["case"],
+        "p50 ms": _fmt(row["p50_ms"], ".4f"),
+        "p99 ms": p99,
+        "thr/s": _fmt(row["throughput_per_s"], ".0f"),
+        "acc": _score_fmt(row["accuracy"]),
+        "Δacc": _score_fmt(row["accuracy_delta"], signed=True),
+        "size": human_bytes(row["size_bytes"]) + (" !" if row.get("effect") else ""),
+        "speedup": "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
+        "pareto": "*" if row["pareto"] else "",
+        "verdict": row["verdict"],
+    }
+
+
+def _in_order(cells: dict[str, str]) -> list[str]:
+    """The cells of one row in :data:`COLUMNS` order (a column without a cell is a KeyError)."""
+    return [cells[column] for column in COLUMNS]
 
 
 def text_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -262,13 +183,14 @@ def terminal_lines(results: Sequence[CaseResult]) -> list[str]:
         lines += [
             "",
             f"model {model}  metric: {score.describe()}",
-            *text_table(columns(score), (_cells(r) for r in rows)),
+            *text_table(columns(score), (_in_order(_cells(r)) for r in rows)),
             *_effect_notes(rows),
         ]
     if low_confidence:
         lines.append("~ p99 from too few samples to be trusted (fewer than 10 beyond it)")
+    technique, backend = reference()
     lines.append(
-        "speedup: p50 of fp32 on torch_cpu at the same batch size / p50 of the case; * Pareto-optimal; "
+        f"speedup: p50 of {technique} on {backend} at the same batch size / p50 of the case; * Pareto-optimal; "
         "Δ: the case's metric - the FP32 reference's"
     )
     return lines
@@ -532,10 +454,10 @@ def _model_table(results: Sequence[CaseResult]) -> list[str]:
         rows = _rows(group, score)
         cells = [_cells(row) for row in rows]
         for cell in cells:
-            cell[0] = f"`{cell[0]}`"
-            cell[8] = "**yes**" if cell[8] else ""
+            cell["case"] = f"`{cell['case']}`"
+            cell["pareto"] = "**yes**" if cell["pareto"] else ""
         lines += [f"metric: `{score.name}` ({score.direction} is better)", ""]
-        lines += markdown_table(columns(score), cells)
+        lines += markdown_table(columns(score), [_in_order(cell) for cell in cells])
         flagged = [r for r in rows if r["effect"]]
         if flagged:
             lines += ["", EFFECT_NOTE, "", *(f"- `{r['case']}`: {_md(r['effect'])}" for r in flagged)]
@@ -763,21 +685,21 @@ def report_markdown(
         ]
     lines += _comparison_section(documents)
     lines += _model_sections(documents, plots or {})
-    lines += [LEGEND, ""]
+    lines += [legend(), ""]
     return lines + _environment_section(documents) + _drift_section(documents)
 
 
 BEST_COLUMNS = ("model", "runner", "threads", "fastest passing", "p50 ms", "most accurate", "Pareto frontier")
-LEGEND = (
-    "speedup is over fp32 on torch_cpu at the same batch size and runner; Δ is the case's metric minus the "
-    "FP32 reference's; **yes** marks the Pareto frontier (no other case of the model is both faster and "
-    "better on its metric, in that metric's direction); ~ marks a p99 from too few samples."
-)
 
 
-def markdown_lines(results: Sequence[CaseResult], meta: dict[str, Any]) -> list[str]:
-    """``report.md`` of one runner's results (kept for callers that hold no document)."""
-    return report_markdown([ResultsDocument(meta=meta, cases=list(results))])
+def legend() -> str:
+    """The line under the model tables: what speedup, Δ, **yes** and ~ mean."""
+    technique, backend = reference()
+    return (
+        f"speedup is over {technique} on {backend} at the same batch size and runner; Δ is the case's metric "
+        "minus the FP32 reference's; **yes** marks the Pareto frontier (no other case of the model is both "
+        "faster and better on its metric, in that metric's direction); ~ marks a p99 from too few samples."
+    )
 
 
 def render(directory: Path, documents: Sequence[ResultsDocument], plots: bool = True) -> list[Path]:

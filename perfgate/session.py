@@ -12,16 +12,13 @@ import numpy as np
 import torch
 
 from perfgate.accuracy import resolve_metric
-from perfgate.backends import BACKENDS, BuildRequest, RunSettings, predict
+from perfgate.backends import BACKENDS, BuildRequest, RunSettings, predict, reference_backend
 from perfgate.cache import ArtifactCache
 from perfgate.data import ModelData
 from perfgate.hardware import Hardware
 from perfgate.matrix import Matrix, ModelSpec
 from perfgate.models import LoadedModel, ModelContext, model_fingerprint
 from perfgate.registry import import_object
-
-REFERENCE_BACKEND = "torch_cpu"
-
 
 STEPS = ("building", "timing")  # execution.py reports each case's steps as "<case id>: <step>"
 
@@ -110,7 +107,7 @@ class PerfgateSession:
     def reference_outputs(self, model: LoadedModel) -> np.ndarray:
         """FP32 PyTorch eager outputs on the whole eval set: what every variant is judged against."""
         if model.name not in self._references:
-            backend = BACKENDS.get(REFERENCE_BACKEND)
+            backend = BACKENDS.get(reference_backend())
             request = BuildRequest(
                 case_id=f"{model.name}-reference",
                 model=model.module,

@@ -10,16 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from perfgate import report
+from perfgate.backends import BACKENDS
 from perfgate.gates import Verdict
 from perfgate.jsonio import dumps_stable
-from perfgate.pareto import dominates, pareto_front
+from perfgate.pareto import dominates, model_score, pareto_front
 from perfgate.report import (
     best_per_runner_rows,
     comparison_rows,
     failure_rows,
     incomparable_rows,
     model_rows,
-    model_score,
     regression_lines,
     report_markdown,
     results_document,
@@ -441,6 +442,49 @@ def test_technique_without_effect_is_flagged_in_the_tables() -> None:
     text = "\n".join(report_markdown([ResultsDocument({"runner": "r1"}, cases)]))
     assert "| 29.3 KB ! |" in text
     assert "- `m-int8_static-torch_cpu-b1`: fail: 0 of 6 ops quantized; artifact not smaller" in text
+
+
+def model_table(lines: list[str]) -> dict[str, dict[str, str]]:
+    """The first model table of a report.md, case -> its cells keyed by header."""
+    start = next(i for i, line in enumerate(lines) if line.startswith("| case |") and "pareto" in line)
+    split = lambda line: [cell.strip() for cell in line.strip().strip("|").split("|")]  # noqa: E731
+    headers = split(lines[start])
+    rows = [
+        dict(zip(headers, split(line), strict=True)) for line in lines[start + 2 :] if line.startswith("| `")
+    ]
+    return {row["case"].strip("`"): row for row in rows}
+
+
+def test_model_tables_are_keyed_by_column_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A column added to COLUMNS gets its own cell and the frontier mark stays under "pareto"
+    (report.md bolded cell[8], whichever column sat there)."""
+    cells = report._cells
+    monkeypatch.setattr(report, "COLUMNS", (*report.COLUMNS[:8], "threads", *report.COLUMNS[8:]))
+    monkeypatch.setattr(report, "_cells", lambda row: {**cells(row), "threads": "1"})
+    cases = [make_case(), make_case(technique="int8_dynamic", p50_ms=0.5, metric=0.85), make_case(technique="slow", p50_ms=2.0, metric=0.8)]  # fmt: skip
+    table = model_table(report_markdown([ResultsDocument({"runner": "r1"}, cases)]))
+    fast = table["m-int8_dynamic-torch_cpu-b1"]
+    assert (fast["pareto"], fast["threads"], fast["speedup"], fast["verdict"]) == (
+        "**yes**",
+        "1",
+        "2.00x",
+        "ok",
+    )
+    assert table["m-slow-torch_cpu-b1"]["pareto"] == ""
+
+
+def test_the_speedup_reference_comes_from_the_registries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The speedup is over the technique and the backend that declare ``reference`` (fp32 on
+    torch_cpu), not over a pair of names written into the report."""
+    assert report.reference() == ("fp32", "torch_cpu")
+    monkeypatch.setattr(BACKENDS.get("torch_cpu"), "reference", False)
+    monkeypatch.setattr(BACKENDS.get("onnxruntime_cpu"), "reference", True)
+    cases = [make_case(), make_case(backend="onnxruntime_cpu", p50_ms=2.0)]
+    rows = {row["case"]: row["speedup"] for row in model_rows(cases)["m"]}
+    assert rows == {"m-fp32-torch_cpu-b1": 2.0, "m-fp32-onnxruntime_cpu-b1": 1.0}
+    assert "speedup is over fp32 on onnxruntime_cpu" in "\n".join(
+        report_markdown([ResultsDocument({}, cases)])
+    )
 
 
 # ---- plots ------------------------------------------------------------------------------------

@@ -27,4 +27,26 @@ BACKENDS.register("onnxruntime_cuda", "perfgate.backends.onnxruntime_gpu:ONNXRUN
 BACKENDS.register("onnxruntime_tensorrt", "perfgate.backends.onnxruntime_gpu:ONNXRUNTIME_TENSORRT")
 BACKENDS.register("tensorrt", "perfgate.backends.tensorrt:TENSORRT")
 
-__all__ = ["BACKENDS", "Artifact", "Backend", "BuildRequest", "RunSettings", "Session", "predict"]
+
+def reference_backend() -> str:
+    """The name of the registered backend whose class sets ``reference`` (``torch_cpu``).
+
+    Entries are imported in registration order until one is found, so the built-in reference
+    costs one import.
+    """
+    for name in BACKENDS:
+        if BACKENDS.get(name).reference:
+            return name
+    raise LookupError("no registered backend sets reference = True")
+
+
+__all__ = [
+    "BACKENDS",
+    "Artifact",
+    "Backend",
+    "BuildRequest",
+    "RunSettings",
+    "Session",
+    "predict",
+    "reference_backend",
+]

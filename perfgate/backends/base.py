@@ -95,9 +95,13 @@ class Backend:
     lowerings: ClassVar[frozenset[str]] = frozenset({"none"})
     # Markers every case of this backend gets besides ``marker`` (torch.compile: "compiled").
     extra_markers: ClassVar[tuple[str, ...]] = ()
-    # Distributions (as in perfgate.hardware.LIBRARIES) whose major.minor version moves this
-    # backend's latency: another one than the baseline's makes its verdicts incomparable.
+    # Distributions (pip names) whose major.minor version moves this backend's latency: another
+    # one than the baseline's makes its verdicts incomparable. perfgate.hardware records their
+    # versions with every result, and drift lists their changes, for every registered backend.
     libraries: ClassVar[tuple[str, ...]] = ()
+    # The backend every variant is judged against (its FP32 outputs) and whose FP32 p50 the
+    # report's speedup divides: exactly one registered backend sets it (see reference_backend).
+    reference: ClassVar[bool] = False
 
     def supports(self, lowering: str) -> bool:
         """Whether this backend can run a technique that asks for ``lowering``."""

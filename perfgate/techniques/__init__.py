@@ -28,4 +28,16 @@ FAMILIES = {
     "distilled": "knowledge distillation into a smaller student",
 }
 
-__all__ = ["FAMILIES", "TECHNIQUES", "NotApplicable", "Technique", "TransformContext"]
+
+def reference_technique() -> str:
+    """The name of the registered technique that sets ``reference`` (``fp32``).
+
+    Entries are imported in registration order until one is found.
+    """
+    for name in TECHNIQUES:
+        if TECHNIQUES.get(name).reference:
+            return name
+    raise LookupError("no registered technique sets reference = True")
+
+
+__all__ = ["FAMILIES", "TECHNIQUES", "NotApplicable", "Technique", "TransformContext", "reference_technique"]
