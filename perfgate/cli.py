@@ -146,32 +146,42 @@ def add_history_parser(commands: argparse._SubParsersAction) -> None:  # type: i
     merge.set_defaults(handler=run_history_merge)
 
 
-def check_runners(documents: Sequence[ResultsDocument]) -> None:
-    """Refuse two files of the same runner: their cases would collide in the merged tables.
+def combine_shards(documents: Sequence[ResultsDocument]) -> list[ResultsDocument]:
+    """One document per runner: the files of one runner are shards of its run (pytest-split jobs,
+    docs/ci.md) and join when their cases are disjoint.
 
-    :raises CliError: naming both files.
+    :raises CliError: two files of one runner hold the same case; the message names both and the cases.
     """
-    seen: dict[str, Path | None] = {}
+    by_runner: dict[str, ResultsDocument] = {}
+    sources: dict[str, dict[str, Path | None]] = {}
     for doc in documents:
-        if doc.runner in seen:
+        seen = sources.setdefault(doc.runner, {})
+        twice = sorted(case.case_id for case in doc.cases if case.case_id in seen)
+        if twice:
             raise CliError(
-                f"{seen[doc.runner]} and {doc.path} both hold runner {doc.runner!r}; "
-                "merge results of different runners (pytest --perf-runner NAME)"
+                f"{seen[twice[0]]} and {doc.path} both hold case(s) {', '.join(twice)} of runner {doc.runner!r}; "
+                "merge the shards of one run, or results of different runners (pytest --perf-runner NAME)"
             )
-        seen[doc.runner] = doc.path
+        seen.update({case.case_id: doc.path for case in doc.cases})
+        if doc.runner not in by_runner:
+            by_runner[doc.runner] = ResultsDocument(dict(doc.meta), list(doc.cases), doc.path)
+            continue
+        joined = by_runner[doc.runner]
+        joined.cases = sorted([*joined.cases, *doc.cases], key=lambda case: case.case_id)
+        joined.meta.setdefault("shards", [joined.meta.get("run_id")]).append(doc.meta.get("run_id"))
+    return list(by_runner.values())
 
 
 def run_report(args: argparse.Namespace) -> int:
     """``perfgate report``: load, validate, render; prints the files written."""
     from perfgate.report import render
 
-    documents = [load_results(path) for path in args.results]
-    check_runners(documents)
+    documents = combine_shards([load_results(path) for path in args.results])
     if args.output.exists() and not args.output.is_dir():
         raise CliError(f"output {args.output} exists and is not a folder")
     written = render(args.output, documents, plots=not args.no_plots)
     cases = sum(len(doc.cases) for doc in documents)
-    print(f"perfgate: {cases} cases from {len(documents)} runner(s) rendered into {args.output}")
+    print(f"perfgate: {cases} cases from {len(documents)} runner(s) ({len(args.results)} file(s)) rendered into {args.output}")
     for path in written:
         print(f"  {path}")
     return 0

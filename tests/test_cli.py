@@ -62,8 +62,8 @@ def test_merges_two_runners(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "4 cases from 2 runner(s)" in capsys.readouterr().out
 
 
-def test_same_runner_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Merging two files of one runner would mix their cases: the error names both files."""
+def test_same_case_of_one_runner_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two files of one runner with the same cases are not shards of one run: the error names both files."""
     one = _results(tmp_path, "cpu", 1)
     copy = tmp_path / "copy.json"
     copy.write_text(one.read_text())
@@ -71,7 +71,7 @@ def test_same_runner_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
         main(["report", str(one), str(copy), "-o", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"perfgate: error: {one} and {copy} both hold runner 'cpu'" in err
+    assert f"perfgate: error: {one} and {copy} both hold case(s) " in err and "of runner 'cpu'" in err
 
 
 def test_bad_file_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
