@@ -82,6 +82,9 @@ def test_every_gpu_case_carries_gpu_and_its_backend_marker(tmp_path: Path) -> No
     for name, marker in GPU_BACKENDS.items():
         assert {"gpu", marker} <= set(cases[name].markers) and "cpu" not in cases[name].markers, name
         assert cases[name].device == "cuda"
+    compiled = {name for name, case in cases.items() if "compiled" in case.markers}
+    assert compiled == {"torch_compile_cuda", "torch_compile_cuda_reduce_overhead",
+                        "torch_compile_cuda_max_autotune", "torch_cuda_graphs"}  # fmt: skip
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="on a GPU runner the GPU cases run instead of skipping")

@@ -180,6 +180,7 @@ class TorchCompileCudaBackend(TorchCudaBackend):
     """
 
     requires = ("torch", "triton")  # inductor generates Triton kernels on CUDA
+    extra_markers: ClassVar[tuple[str, ...]] = ("compiled",)
     session_class: ClassVar[type[CudaTorchSession]] = CompiledCudaSession
 
     def __init__(self, name: str, mode: str) -> None:
@@ -268,6 +269,8 @@ class CudaGraphSession(CudaTorchSession):
 
 class TorchCudaGraphsBackend(TorchCudaBackend):
     """PyTorch eager captured once into a CUDA graph per batch size, then replayed."""
+
+    extra_markers: ClassVar[tuple[str, ...]] = ("compiled",)
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> CudaTorchSession:
         shape = (request.batch_size, *request.data.sample_shape)
