@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from perfgate.hardware import cpu_tag
+from perfgate.hardware import cpu_tag, recorded_libraries
 
 # Fields of perfgate.hardware.Hardware.to_dict() that change what a case costs.
 HARDWARE_FIELDS = (
@@ -39,8 +39,6 @@ HARDWARE_FIELDS = (
 # The CPU signature fields, absent from snapshots written before they were recorded.
 SIGNATURE_FIELDS = ("cpu_family", "cpu_model_number", "cpu_stepping")
 NO_SNAPSHOT = "the baseline has no hardware snapshot (refresh it)"
-# Libraries whose version moves latency (numpy too: the reference workload runs on it).
-LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "ai-edge-litert", "numpy")
 # What identifies a GPU; its free memory or temperature would be noise, not drift.
 GPU_FIELDS = ("name", "compute_capability", "driver", "driver_version", "memory_gib")
 
@@ -97,7 +95,9 @@ def hardware_drift(baseline: dict[str, Any], current: dict[str, Any]) -> list[Dr
     drifts += _differs("gpus", _gpus(baseline), _gpus(current))
     old_libs, new_libs = baseline.get("libraries") or {}, current.get("libraries") or {}
     drifts += [
-        d for lib in LIBRARIES for d in _differs(f"library {lib}", old_libs.get(lib), new_libs.get(lib))
+        d
+        for lib in recorded_libraries()
+        for d in _differs(f"library {lib}", old_libs.get(lib), new_libs.get(lib))
     ]
     return drifts
 
@@ -255,7 +255,7 @@ def incomparable_reasons(
 
     :param baseline_hw: the ``Hardware.to_dict()`` stored with the baseline (``{}`` when none).
     :param current_hw: this run's ``Hardware.to_dict()``.
-    :param libraries: distribution names the case depends on, as in ``perfgate.hardware.LIBRARIES``.
+    :param libraries: distribution names the case depends on: its backend's ``libraries``.
     :param device: the case's device, ``cpu`` or ``cuda``.
     """
     if not baseline_hw:

@@ -6,11 +6,10 @@ The runner id, which keys the baselines, is derived from it unless given.
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import os
 import platform
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,16 +31,10 @@ ISA_FLAGS = {
 RUNNER_ISA = ("avx512", "vnni", "amx")
 # The CPU signature lines of /proc/cpuinfo: x86 family/model/stepping, else ARM implementer/part/variant.
 SIGNATURE_KEYS = (("cpu family", "model", "stepping"), ("CPU implementer", "CPU part", "CPU variant"))
-LIBRARIES = (
-    "torch",
-    "onnxruntime",
-    "onnxruntime-gpu",
-    "onnx",
-    "openvino",
-    "tensorrt",
-    "ai-edge-litert",
-    "numpy",
-)
+# Distributions every run depends on, whatever its backends: torch builds and judges every model,
+# numpy runs the reference workload, onnx writes the export the ONNX-based backends share. Each
+# backend adds its own (``Backend.libraries``): see :func:`recorded_libraries`.
+CORE_LIBRARIES = ("numpy", "onnx", "torch")
 
 
 @dataclass(frozen=True)
@@ -178,9 +171,34 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def library_versions() -> dict[str, str]:
+def recorded_libraries() -> tuple[str, ...]:
+    """The distributions a snapshot records and drift compares, sorted: :data:`CORE_LIBRARIES` and
+    the ``libraries`` of every registered backend, one registered from a conftest included.
+
+    Read from the backend registry (imported here, not at import time: this module stays cheap).
+    """
+    from perfgate.backends import BACKENDS
+
+    return _libraries(tuple(BACKENDS.names()))
+
+
+@lru_cache(maxsize=8)
+def _libraries(backends: tuple[str, ...]) -> tuple[str, ...]:
+    from perfgate.backends import BACKENDS
+
+    names = set(CORE_LIBRARIES)
+    for backend in backends:
+        try:
+            names.update(BACKENDS.get(backend).libraries)
+        except Exception:  # a backend module that fails to import: its own cases report it
+            continue
+    return tuple(sorted(names))
+
+
+def library_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """The installed version of each of ``names`` (distribution names); those not installed are left out."""
     versions = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -206,11 +224,21 @@ def _cuda_devices() -> tuple[tuple[dict[str, Any], ...], str | None, int | None]
     return tuple(gpus), torch.version.cuda, torch.backends.cudnn.version()
 
 
-@lru_cache(maxsize=1)
 def detect() -> Hardware:
-    """Detect the hardware once per process."""
+    """This runner: the machine, detected once per process, and the versions of :func:`recorded_libraries`
+    (read again when a backend registers later, so that its libraries are recorded too)."""
+    return _snapshot(recorded_libraries())
+
+
+@lru_cache(maxsize=8)
+def _snapshot(names: tuple[str, ...]) -> Hardware:
+    versions = library_versions(names)
+    return replace(_machine(), libraries=versions, tensorrt_version=versions.get("tensorrt"))
+
+
+@lru_cache(maxsize=1)
+def _machine() -> Hardware:
     gpus, cuda, cudnn = _cuda_devices()
-    libraries = library_versions()
     return Hardware(
         **cpu_fields(),
         cpu_cores=cpu_cores(),
@@ -218,9 +246,7 @@ def detect() -> Hardware:
         gpus=gpus,
         cuda_version=cuda,
         cudnn_version=cudnn,
-        libraries=libraries,
         gpu_driver=gpu_driver_version() if gpus else None,
-        tensorrt_version=libraries.get("tensorrt"),
     )
 
 
@@ -254,7 +280,3 @@ def cuda_missing_reason() -> str | None:
     if torch.version.cuda is None:
         return f"no CUDA device: this torch ({torch.__version__}) is a CPU-only build"
     return "no CUDA device visible to torch (torch.cuda.is_available() is False)"
-
-
-def has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 from typing import Any
 
-from perfgate.drift import hardware_drift, incomparable_reasons
-from perfgate.hardware import Hardware, cpu_fields, cpu_signature, detect, slug
+import pytest
+
+import perfgate.backends as backends_module
+from perfgate.backends import BACKENDS, Backend
+from perfgate.drift import hardware_drift, incomparable_reasons, major_minor
+from perfgate.hardware import Hardware, cpu_fields, cpu_signature, detect, recorded_libraries, slug
+from perfgate.registry import Registry
 
 FLAGS_ZEN3 = "fpu sse sse2 avx avx2 fma bmi2 sha_ni vaes"
 FLAGS_ZEN4 = FLAGS_ZEN3 + " avx512f avx512dq avx512bw avx512vl avx512_bf16 avx512_vnni"
@@ -175,3 +182,61 @@ def test_an_old_snapshot_without_signature_is_compared_on_what_it_has() -> None:
     assert incomparable_reasons(old, milan_now, ["torch"], "cpu") == [
         "instruction sets: avx2,avx512,avx512_bf16,vnni -> avx2"
     ]
+
+
+# ---- a backend registered from a conftest ------------------------------------------------------
+
+REGISTERED_BACKEND_CONFTEST = """
+from perfgate.backends.torch_eager import TorchEagerBackend
+
+
+class PluggyTorch(TorchEagerBackend):
+    # Any installed distribution will do; perfgate's own lists never named this one.
+    libraries = ("torch", "pluggy")
+
+
+def pytest_perfgate_register(backends, techniques, metrics):
+    backends.register("mine_cpu", PluggyTorch("mine_cpu", "cpu", frozenset({"none"})))
+"""
+
+
+def test_a_backend_registered_from_a_conftest_gets_its_drift_entry(perf_project: pytest.Pytester) -> None:
+    """Its ``libraries`` are recorded with the baseline, their change is listed as drift, and a new
+    major.minor makes its verdicts incomparable, with no edit to perfgate (its lists were fixed)."""
+    perf_project.makeconftest(REGISTERED_BACKEND_CONFTEST)
+    matrix = perf_project.path / "perf" / "matrix.toml"
+    matrix.write_text(matrix.read_text() + "\n[backends.mine_cpu]\n")
+    select = ["perf", "-k", "fp32 and mine_cpu", "--perf-repeats", "1"]
+    perf_project.runpytest(*select, "--perf-refresh-baselines").assert_outcomes(passed=1)
+    baseline = perf_project.path / "baselines" / "test-runner" / "0001_baseline.json"
+    document = json.loads(baseline.read_text())
+    snapshots = [document["machine_info"]["perfgate"], *document["perfgate"]["environments"].values()]
+    for snapshot in snapshots:  # the file's machine and each case's environment
+        assert snapshot["libraries"]["pluggy"] == recorded_version()
+        snapshot["libraries"]["pluggy"] = "0.1.0"
+    baseline.write_text(json.dumps(document))
+    perf_project.runpytest(*select, "--benchmark-compare", "--perf-report", "out").assert_outcomes(passed=1)
+    results = json.loads((perf_project.path / "out" / "results.json").read_text())
+    assert {"what": "library pluggy", "baseline": "0.1.0", "current": recorded_version()} in results["drift"]
+    (case,) = results["cases"]
+    reasons = next(v for v in case["verdicts"] if v["gate"] == "regression")["values"]["reasons"]
+    assert f"pluggy 0.1 -> {major_minor(recorded_version())} (major.minor)" in reasons
+
+
+def recorded_version() -> str:
+    return importlib.metadata.version("pluggy")
+
+
+def test_recorded_libraries_follow_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core distributions and each registered backend's, whatever registered it."""
+    registry: Registry[Backend] = Registry("backend")
+    registry.register("torch_cpu", BACKENDS.get("torch_cpu"))
+    monkeypatch.setattr(backends_module, "BACKENDS", registry)
+    assert recorded_libraries() == ("numpy", "onnx", "torch")
+    mine = type("Mine", (Backend,), {"name": "mine", "marker": "mine", "libraries": ("pluggy",)})()
+    registry.register("mine", mine)
+    assert recorded_libraries() == ("numpy", "onnx", "pluggy", "torch")
+    assert detect().libraries["pluggy"] == recorded_version()
+    old, new = detect().to_dict(), detect().to_dict()
+    old["libraries"] = {**new["libraries"], "pluggy": "0.1.0"}
+    assert [d.line() for d in hardware_drift(old, new)] == [f"library pluggy: 0.1.0 -> {recorded_version()}"]
