@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where an array is made: importing the axes stays cheap
+    import numpy as np
 
 
 class CalibrationDataError(ValueError):
@@ -48,10 +50,6 @@ class ModelData:
         return tuple(self.eval_inputs.shape[1:])
 
     @property
-    def has_labels(self) -> bool:
-        return self.eval_labels is not None
-
-    @property
     def calibration_source(self) -> str:
         """Which split calibrates: ``"calibration"``, else ``"train"``, else ``"eval"``.
 
@@ -86,6 +84,8 @@ class ModelData:
 
     def example(self, batch_size: int) -> np.ndarray:
         """A batch of real inputs for timing, repeating the eval set if it is too short."""
+        import numpy as np
+
         reps = -(-batch_size // len(self.eval_inputs))
         return np.ascontiguousarray(np.concatenate([self.eval_inputs] * reps)[:batch_size])
 
@@ -97,6 +97,8 @@ class ModelData:
         # it calibrates on the eval inputs, which are hashed below. So every cached artifact already
         # follows its calibration data, and hashing the flag would only throw away cached training
         # and fine-tuning artifacts (keyed on this fingerprint too) when a matrix toggles it.
+        import numpy as np
+
         digest = hashlib.sha256(self.name.encode())
         for array in (
             self.eval_inputs,

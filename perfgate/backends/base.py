@@ -7,13 +7,14 @@ import importlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol
 
 from perfgate.cache import ArtifactCache
 from perfgate.calibration import CALIBRATED_LOWERING, Calibration
 from perfgate.data import ModelData
+
+if TYPE_CHECKING:  # numpy is imported where arrays are made: importing the registry stays cheap
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ class Backend:
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs
     install_hint: ClassVar[str] = ""
     lowerings: ClassVar[frozenset[str]] = frozenset({"none"})
-    # Markers every case of this backend gets besides ``marker`` (torch.compile: "compiled").
+    # Markers every case of this backend gets besides ``marker``: "compiled" for torch.compile
+    # and CUDA graphs, so that ``-m compiled`` selects them without the matrix naming it.
     extra_markers: ClassVar[tuple[str, ...]] = ()
     # Distributions (pip names) whose major.minor version moves this backend's latency: another
     # one than the baseline's makes its verdicts incomparable. perfgate.hardware records their
@@ -225,6 +227,8 @@ def predict(session: Session, inputs: np.ndarray, batch_size: int) -> np.ndarray
     The last batch is padded with repeated rows, so that a backend compiled for a static batch
     size sees only that size; the padding rows are dropped from the result.
     """
+    import numpy as np
+
     outputs = []
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
