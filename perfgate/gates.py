@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from perfgate.accuracy import AccuracyResult, Fidelity
 from perfgate.sessions import SessionSummary, between_spread, session_p50
-from perfgate.validation import Rule, SettingError, boolean, check_table, integer, number, optional
+from perfgate.validation import Rule, SettingError, Settings, boolean, integer, number, optional
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ METRIC_DIRECTIONS = ("higher", "lower")
 
 
 @dataclass(frozen=True)
-class AccuracyPolicy:
+class AccuracyPolicy(Settings):
     """Thresholds of the accuracy gates; ``None`` switches a check off.
 
     The default task-metric rule is MLPerf's: keep at least 99% of the FP32 reference score (for a
@@ -63,6 +63,7 @@ class AccuracyPolicy:
     max_diff_rtol: float | None = None
     require_effect: bool = True
 
+    KIND: ClassVar[str] = "accuracy setting"
     # ``None`` (from a technique's defaults) switches a check off; a TOML file has no null.
     RULES: ClassVar[dict[str, Rule]] = {
         "min_relative_metric": optional(
@@ -84,14 +85,6 @@ class AccuracyPolicy:
         "max_diff_rtol": optional(number(0, hint="added to max_abs_diff, times the output scale")),
         "require_effect": boolean(hint="fail a variant whose technique changed nothing"),
     }
-
-    def merged(self, overrides: dict[str, Any]) -> AccuracyPolicy:
-        """A copy with ``overrides`` applied, each checked against :attr:`RULES`.
-
-        :raises SettingError: a key is unknown or a value has the wrong type or range.
-        """
-        check_table(overrides, self.RULES, "accuracy setting")
-        return replace(self, **overrides)
 
     def to_dict(self) -> dict[str, float | bool | None]:
         return asdict(self)
@@ -264,7 +257,7 @@ def accuracy_verdicts(result: AccuracyResult, policy: AccuracyPolicy) -> list[Ve
 
 
 @dataclass(frozen=True)
-class RegressionPolicy:
+class RegressionPolicy(Settings):
     """When a change of latency fails (or is reported as improved) under ``--benchmark-compare``.
 
     :param threshold: the practical limit: the current p50 must exceed the baseline's slowest
@@ -283,16 +276,18 @@ class RegressionPolicy:
     normalize: bool = False
     confirm: int = 1
 
+    KIND: ClassVar[str] = "regression setting"
     RULES: ClassVar[dict[str, Rule]] = {
         "threshold": number(0, hint="the p50 slowdown that fails, as a fraction: 0.10 for 10%"),
         "normalize": boolean(hint="divide by the reference workload's ratio"),
         "confirm": integer(0, hint="re-measurements before a case fails; 0 fails on the first"),
     }
 
-    def merged(self, overrides: dict[str, Any]) -> RegressionPolicy:
-        """A copy with ``overrides`` applied, each checked against :attr:`RULES`.
+    def merged(self, overrides: Mapping[str, Any]) -> RegressionPolicy:
+        """A copy with ``overrides`` applied (see :meth:`Settings.merged`); a removed setting is
+        refused with what replaced it.
 
-        :raises SettingError: a key is unknown or a value has the wrong type or range.
+        :raises SettingError: a key is unknown or removed, or a value has the wrong type or range.
         """
         removed = sorted(set(overrides) & REMOVED_REGRESSION_SETTINGS)
         if removed:
@@ -303,8 +298,7 @@ class RegressionPolicy:
                 "baseline's sessions, not raw samples with a significance test (docs/regression-gate.md); "
                 "delete it",
             )
-        check_table(overrides, self.RULES, "regression setting")
-        return replace(self, **overrides)
+        return super().merged(overrides)
 
 
 # The settings of the gate before sessions (Mann-Whitney U and a bootstrap interval on raw samples).

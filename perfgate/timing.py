@@ -10,16 +10,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from perfgate.validation import Rule, check_table, integer, number
+from perfgate.validation import Rule, Settings, integer, number
 
 
 @dataclass(frozen=True)
-class TimingPolicy:
+class TimingPolicy(Settings):
     """How long to warm up and to measure, and how long one case may take in all.
 
     :param warmup_rounds: untimed calls before the timed rounds (0: none by count).
@@ -39,6 +39,7 @@ class TimingPolicy:
     max_time_s: float = 30.0
     case_timeout_s: float = 600.0
 
+    KIND: ClassVar[str] = "timing setting"
     RULES: ClassVar[dict[str, Rule]] = {
         "warmup_rounds": integer(0, hint="untimed calls before timing"),
         "warmup_time_s": number(0, hint="seconds of warmup, at least"),
@@ -50,14 +51,6 @@ class TimingPolicy:
         ),
         "case_timeout_s": number(0, low_open=True, hint="the time limit of one whole case, in seconds"),
     }
-
-    def merged(self, overrides: dict[str, Any]) -> TimingPolicy:
-        """A copy with ``overrides`` applied, each checked against :attr:`RULES`.
-
-        :raises SettingError: a key is unknown or a value is out of range; the message names it.
-        """
-        check_table(overrides, self.RULES, "timing setting")
-        return replace(self, **overrides)
 
     def problems(self) -> list[tuple[str, str, str]]:
         """Settings that contradict each other: ``(key, other key, what to do)`` per pair."""

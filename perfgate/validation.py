@@ -8,11 +8,14 @@ every table of the file before any case runs, and adds the file and the table to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeVar
+
+S = TypeVar("S", bound="Settings")
 
 
 class SettingError(ValueError):
@@ -163,3 +166,22 @@ def import_path(hint: str = "") -> Rule:
 def table(hint: str = "", **fields: Rule) -> Rule:
     """A nested table whose keys are ``fields``."""
     return Rule(f"a table {{ {', '.join(fields)} }}", fields=fields, hint=hint)
+
+
+class Settings:
+    """Base of a frozen dataclass of settings whose keys each have a :class:`Rule` (the policies).
+
+    A subclass sets :attr:`RULES` and :attr:`KIND`, and gets :meth:`merged`.
+    """
+
+    RULES: ClassVar[Mapping[str, Rule]]
+    # Names a key in the unknown-key message: ``unknown timing setting``.
+    KIND: ClassVar[str]
+
+    def merged(self: S, overrides: Mapping[str, Any]) -> S:
+        """A copy with ``overrides`` applied, each checked against :attr:`RULES`.
+
+        :raises SettingError: a key is unknown or a value has the wrong type or range.
+        """
+        check_table(overrides, self.RULES, self.KIND)
+        return dataclasses.replace(self, **overrides)  # type: ignore[type-var]  # each subclass is a dataclass

@@ -26,7 +26,7 @@ from perfgate.techniques import TECHNIQUES, NotApplicable
 from perfgate.techniques.pruning import NoPrunableChain
 from perfgate.techniques.quantization import StaticInt8
 from perfgate.timing import TimingPolicy
-from perfgate.validation import SettingError
+from perfgate.validation import SettingError, Settings
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -308,6 +308,16 @@ def test_the_policies_check_their_own_keys_outside_a_matrix() -> None:
     with pytest.raises(SettingError, match=r"^confirm = -1: must be an integer >= 0"):
         RegressionPolicy().merged({"confirm": -1})
     assert RegressionPolicy().merged({"threshold": 0}).threshold == 0
+
+
+def test_the_policies_share_one_merged() -> None:
+    """Accuracy, regression and timing settings merge through ``Settings.merged``; the regression
+    policy only adds its refusal of the removed settings in front of it."""
+    assert AccuracyPolicy.merged is TimingPolicy.merged is Settings.merged
+    with pytest.raises(SettingError, match=r"^min_round = 3: unknown timing setting; valid: case_timeout_s"):
+        TimingPolicy().merged({"min_round": 3})
+    with pytest.raises(SettingError, match=r"^alpha = 0\.05: no longer a setting"):
+        RegressionPolicy().merged({"alpha": 0.05})
 
 
 # ---- model keys, threads, markers --------------------------------------------------------------
