@@ -389,7 +389,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for case in session.matrix.cases:
         marks = [getattr(pytest.mark, marker) for marker in case.markers]
         missing = BACKENDS.get(case.backend).missing() or TECHNIQUES.get(case.technique).missing(
-            session.hardware, case.backend
+            session.hardware, case.device
         )
         if missing:
             marks.append(pytest.mark.skip(reason=missing))
