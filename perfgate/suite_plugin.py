@@ -26,7 +26,6 @@ from perfgate.baselines import (
     baseline_path,
     cached_baseline,
     changed_only,
-    read_baseline,
     refresh,
 )
 from perfgate.cache import ArtifactCache
@@ -121,7 +120,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.benchmark_compare = None
     if config.stash[COMPARE] or option(config, "perf_refresh_baselines"):
         try:
-            read_baseline(baseline_path(_baseline_root(config), runner))
+            cached_baseline(baseline_path(_baseline_root(config), runner))  # the cases read it from this cache
         except BaselineError as exc:
             raise pytest.UsageError(str(exc)) from None
     if config.getoption("markers", False):
@@ -888,7 +887,8 @@ def _refresh(config: pytest.Config, results: list[CaseResult]) -> None:
     path = baseline_path(_baseline_root(config), runner)
     prune = None
     if option(config, "perf_prune_baselines"):
-        existing = read_baseline(path) or {"perfgate": {"cases": {}}}
+        stored = cached_baseline(path)
+        existing = stored.document if stored is not None else {"perfgate": {"cases": {}}}
         # The whole matrix, whatever profile this run selected: a case outside the profile is
         # still in the matrix, and its baseline stays.
         every_case = {c.id for c in load_matrix(matrix_path(config), ALL_PROFILES).cases}
