@@ -67,7 +67,7 @@ def as_score(name: str, value: object, outputs: np.ndarray | None = None) -> flo
     dtype = np.asarray(value).dtype
     if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
         raise MetricError(f"metric {name} returned {dtype} {value!r}, not a real number: return a float")
-    score = float(value)  # type: ignore[arg-type]
+    score = float(value)
     if not math.isfinite(score) and (outputs is None or bool(np.all(np.isfinite(outputs)))):
         raise MetricError(
             f"metric {name} returned {score} on finite outputs, not a finite number: "
@@ -85,7 +85,7 @@ def resolve_metric(name: str) -> Metric:
     if ":" in name:
         from perfgate.registry import import_object
 
-        return checked_metric(name, import_object(name))  # type: ignore[arg-type]
+        return checked_metric(name, import_object(name))
     return checked_metric(name, METRICS.get(name))
 
 

@@ -131,10 +131,14 @@ def case_of(entry: Any) -> str | None:
     """The perfgate case id a ``benchmarks[]`` entry belongs to, or ``None``."""
     if not isinstance(entry, dict):
         return None
-    extra = entry.get("extra_info") if isinstance(entry.get("extra_info"), dict) else {}
-    params = entry.get("params") if isinstance(entry.get("params"), dict) else {}
+    extra, params = _table(entry.get("extra_info")), _table(entry.get("params"))
     case = extra.get("perfgate_case") or params.get("perf_case") or entry.get("param")
     return case if isinstance(case, str) and case else None
+
+
+def _table(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
 
 
 def _validated_cases(path: Path, data: dict[str, Any]) -> dict[str, BaselineCase]:
@@ -180,7 +184,7 @@ def _validated_case(
         raise _problem(path, case_id, "its 'perfgate.cases' entry is not a table")
     entry = _current_entry(path, case_id, case, entries)
     samples = _samples(path, case_id, entry)
-    settings = case.get("settings") if isinstance(case.get("settings"), dict) else {}
+    settings = _table(case.get("settings"))
     reference = settings.get(REFERENCE_SETTING)
     if reference is not None and not _positive(reference):
         raise _problem(path, case_id, f"{REFERENCE_SETTING} is {reference!r}, not a positive number")
@@ -188,7 +192,8 @@ def _validated_case(
     metric = accuracy.get("metric") if isinstance(accuracy, dict) else None
     if metric is not None and not _finite(metric):
         raise _problem(path, case_id, f"the stored task metric is {metric!r}, not a finite number")
-    hardware = environments.get(case.get("environment"), default_hardware)
+    environment = case.get("environment")
+    hardware = default_hardware if environment is None else environments.get(environment, default_hardware)
     sessions = _sessions(path, case_id, case.get("sessions"), samples, reference)
     return BaselineCase(
         case_id=case_id,

@@ -204,7 +204,7 @@ class ArtifactCache:
             elapsed = time.perf_counter() - start
             if not (staging / filename).exists():
                 raise RuntimeError(f"the builder of {final_dir.parent.name}/{key} did not write {filename}")
-            files = {}
+            files: dict[str, dict[str, Any]] = {}
             for path in _entry_files(staging):
                 files[path.relative_to(staging).as_posix()] = {
                     "bytes": path.stat().st_size,

@@ -96,7 +96,7 @@ def _series_options(parser: argparse.ArgumentParser) -> None:
     _store_option(parser, argparse.SUPPRESS)
 
 
-def add_history_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_history_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``perfgate history`` and its actions: list, show, plot, merge."""
     history = commands.add_parser(
         "history",

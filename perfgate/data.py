@@ -82,6 +82,15 @@ class ModelData:
             )
         return self.eval_inputs[:size]
 
+    def training_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training inputs and their labels.
+
+        :raises ValueError: when the data set has no labelled training split.
+        """
+        if self.train_inputs is None or self.train_labels is None:
+            raise ValueError(f"data set {self.name!r} has no labelled training split")
+        return self.train_inputs, self.train_labels
+
     def example(self, batch_size: int) -> np.ndarray:
         """A batch of real inputs for timing, repeating the eval set if it is too short."""
         import numpy as np

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -280,10 +281,11 @@ class CaseRun:
     def _settle_samples(self) -> None:
         """``samples_s`` and the latency: the kept sessions' samples (this pass's in full)."""
         samples: list[float] = []
+        current = self._current_samples
         for session in self.result.sessions:
             if session["kept"]:
-                this_pass = session is self.result.sessions[-1] and self._current_samples is not None
-                samples += self._current_samples if this_pass else session["samples_s"]
+                this_pass = session is self.result.sessions[-1]
+                samples += current if this_pass and current is not None else session["samples_s"]
         self.result.samples_s = samples
         # An async-queue session (OpenVINO's throughput hint) runs several batches per timed call.
         per_call = self.case.batch_size * int(self.result.settings.get("batches_per_run", 1))
@@ -431,7 +433,7 @@ def _incomparable(baseline: BaselineCase, samples: list[float], reasons: list[st
     return Verdict("regression", "incomparable", message, values)
 
 
-def _machine_factor(now: list[SessionSummary], then: list[SessionSummary]) -> float | None:
+def _machine_factor(now: Sequence[SessionSummary], then: Sequence[SessionSummary]) -> float | None:
     """The reference workload's p50 now over at the baseline (each side's median), if both timed it."""
     current = [s.reference_us for s in now if s.reference_us]
     stored = [s.reference_us for s in then if s.reference_us]

@@ -24,10 +24,12 @@ def x86_mapping(qconfig: QConfig) -> QConfigMapping:
     """
     mapping = get_default_qconfig_mapping(ENGINE).set_global(qconfig)
     for object_type, default in list(mapping.object_type_qconfigs.items()):
+        if default is None:
+            continue
         # The x86 defaults of some ops (LayerNorm, ConvTranspose...) observe with torch's default
         # 7-bit observer, deprecated and not calibrated our way: they take our activation observer.
-        partial = getattr(default, "activation", None)
-        if getattr(partial, "p", None) is not None and partial.p.keywords.get("reduce_range"):
+        observer = getattr(default.activation, "p", None)
+        if observer is not None and observer.keywords.get("reduce_range"):
             ours = QConfig(activation=qconfig.activation, weight=default.weight)
             mapping.set_object_type(object_type, ours)
     return mapping.set_object_type(operator.mul, None).set_object_type(torch.mul, None)

@@ -37,6 +37,8 @@ class CaseTimeout(BaseException):
 class CaseError(Exception):
     """A step of a case failed. ``str()`` is the one-line message; ``details`` the full traceback."""
 
+    status = "error"  # the case's status in the report; "crashed" when its isolation child died
+
     def __init__(self, message: str, details: str | None = None) -> None:
         super().__init__(message)
         self.details = details

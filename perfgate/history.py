@@ -566,7 +566,7 @@ def change_points(
     import ruptures
 
     signal = np.log([p.p50_s for p in points])
-    pen = penalty if penalty is not None else PENALTY_SIGMAS * noise_sigma(signal) * math.log(len(points))
+    pen = penalty if penalty is not None else PENALTY_SIGMAS * noise_sigma(signal.tolist()) * math.log(len(points))
     detector = ruptures.Pelt(model="l1", min_size=CHANGE_MIN_SIZE, jump=1).fit(signal.reshape(-1, 1))
     breaks = _large_enough(
         [p.p50_s for p in points], [int(b) for b in detector.predict(pen=pen)[:-1]], min_effect
@@ -656,7 +656,7 @@ def plot_series(points: Sequence[Point], changes: Sequence[ChangePoint], path: P
     xs = list(range(len(points)))
     ms = [p.p50_s * 1e3 for p in points]
     axes.plot(xs, ms, color="0.7", linewidth=1, zorder=1)
-    styles = {
+    styles: dict[str, dict[str, Any]] = {
         "accepted": {"color": "tab:blue", "marker": "o"},
         "not accepted": {"facecolors": "none", "edgecolors": "tab:red", "marker": "o"},
     }

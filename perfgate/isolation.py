@@ -293,7 +293,7 @@ class IsolatedCaseRun:
                 )
                 raise CaseError(message, gone.details) from None
             error = CaseError(f"{self.case.id}: {message}", gone.details)
-            error.status = "crashed"  # type: ignore[attr-defined]
+            error.status = "crashed"
             raise error from None
         self._open = True
         if reply.get("result"):

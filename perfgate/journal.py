@@ -173,7 +173,7 @@ def _trim(folder: Path, keep: int) -> None:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def new_run_id() -> str:

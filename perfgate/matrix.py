@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 from perfgate.backends import BACKENDS
 from perfgate.calibration import Calibration
@@ -400,7 +403,7 @@ def _model_spec(name: str, table: Any, path: Path) -> ModelSpec:
         backends = tuple(
             _patterns(f"{where} backends", table["backends"], {"backend": BACKENDS.names()}, path)
         )
-    exclude = ()
+    exclude: tuple[str, ...] = ()
     if "exclude" in table:
         universe = {"backend": BACKENDS.names(), "technique": TECHNIQUES.names()}
         exclude = tuple(_patterns(f"{where} exclude", table["exclude"], universe, path))
@@ -619,7 +622,7 @@ def _generate(matrix: Matrix, profile_name: str | None) -> None:
         selected_profile, profile = profile_name, profiles[profile_name]
 
     global_layer = {k: raw.get(k, {}) for k in POLICIES}
-    wanted = {axis: set(profile[axis]) if axis in profile else None for axis in declared}
+    wanted = {axis: set(profile[axis]) for axis in declared if axis in profile}
     every_id: list[str] = []  # every case of the file, whatever the profile
     reasons: list[str] = []  # why each combination of the file that is never generated is not
     per_model: dict[str, int] = dict.fromkeys(matrix.models, 0)
@@ -630,7 +633,7 @@ def _generate(matrix: Matrix, profile_name: str | None) -> None:
             technique, tech_table = entry.technique, entry.table
             for backend_name, (backend, backend_table, backend_threads) in backends.items():
                 combo = f"{model.name}-{tech_name}-{backend_name}"
-                selected = all(wanted[a] is None or n in wanted[a] for a, n in
+                selected = all(a not in wanted or n in wanted[a] for a, n in
                                (("models", model.name), ("techniques", tech_name), ("backends", backend_name)))  # fmt: skip
                 reason = _inherent_exclusion(technique, backend, tech_name, backend_name)
                 reason = reason or model.excludes(tech_name, backend_name)

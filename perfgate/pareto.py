@@ -81,10 +81,13 @@ class Score:
 
     def front(self, cases: Sequence[CaseResult]) -> dict[str, bool]:
         """case id -> on the Pareto frontier, for the timed and scored cases that did not crash."""
-        usable = [r for r in cases if r.latency and self.value(r) is not None and r.status not in UNFINISHED]
-        points = [(r.latency.p50_ms, self.value(r)) for r in usable]  # type: ignore[union-attr]
-        flags = pareto_front(points, higher_is_better=self.higher_is_better)  # type: ignore[arg-type]
-        return dict(zip([r.case_id for r in usable], flags, strict=True))
+        usable = [
+            (r.case_id, (r.latency.p50_ms, value))
+            for r in cases
+            if r.latency and (value := self.value(r)) is not None and r.status not in UNFINISHED
+        ]
+        flags = pareto_front([point for _, point in usable], higher_is_better=self.higher_is_better)
+        return dict(zip([case_id for case_id, _ in usable], flags, strict=True))
 
 
 AGREEMENT = Score("top-1 agreement", higher_is_better=True, task_metric=False)

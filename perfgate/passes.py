@@ -13,11 +13,14 @@ once, with the verdict of its last pass.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from _pytest.runner import runtestprotocol
 
 from perfgate.results import CaseResult
+
+T = TypeVar("T")
 
 # The result a case's fixture recorded in its last pass, for the plugin to read after the protocol.
 PASS_RESULT = pytest.StashKey[CaseResult]()
@@ -81,7 +84,7 @@ class LaterPasses:
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
 
 
-def forget(stash: pytest.Stash, key: pytest.StashKey[object]) -> None:
+def forget(stash: pytest.Stash, key: pytest.StashKey[T]) -> None:
     """Remove ``key`` from ``stash`` if it is there (a stash has no ``pop``)."""
     if key in stash:
         del stash[key]

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from perfgate.pareto import Score, model_score
 from perfgate.results import CaseResult, ResultsDocument
@@ -57,8 +57,8 @@ def plot_points(
     return [
         PlotPoint(
             label=r.technique + (f" b{r.batch_size}" if with_batch else ""),  # the colour says the backend
-            latency_ms=r.latency.p50_ms,  # type: ignore[union-attr]
-            accuracy=score.value(r),  # type: ignore[arg-type]
+            latency_ms=r.latency.p50_ms,
+            accuracy=value,
             size_bytes=r.artifact_bytes,
             backend=r.backend,
             runner=runner,
@@ -66,7 +66,8 @@ def plot_points(
             frontier=front[r.case_id],
         )
         for r in cases
-        if r.case_id in front
+        # score.front() keeps only timed and scored cases: the last two tests narrow the types
+        if r.case_id in front and r.latency is not None and (value := score.value(r)) is not None
     ]
 
 
@@ -390,8 +391,11 @@ def _legends(ax: Any, by_runner: dict[str, list[PlotPoint]], colours: dict[str, 
 def backend_colours(documents: Sequence[ResultsDocument]) -> dict[str, Any]:
     """One colour per backend, the same in every figure of a report."""
     from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
 
-    palette = colormaps["tab10"].colors
+    tab10 = colormaps["tab10"]
+    assert isinstance(tab10, ListedColormap)  # a qualitative map: a list of colours
+    palette = cast(Sequence[Any], tab10.colors)  # RGB tuples; matplotlib types them as any ArrayLike
     backends = sorted({r.backend for doc in documents for r in doc.cases})
     return {b: palette[i % len(palette)] for i, b in enumerate(backends)}
 

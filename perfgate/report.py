@@ -216,21 +216,21 @@ def regression_lines(results: Sequence[CaseResult], drift: Sequence[dict[str, st
     :param results: this run's cases; those without a regression verdict are left out.
     :param drift: environment drift since the baseline, as ``{"what", "baseline", "current"}``.
     """
-    compared = [(r, r.verdict("regression")) for r in results if r.verdict("regression")]
+    compared = [(r, v) for r in results if (v := r.verdict("regression")) is not None]
     if not compared:
         return []
-    compared.sort(key=lambda rv: (_comparison_order(rv[1]), rv[0].case_id))  # type: ignore[arg-type]
+    compared.sort(key=lambda rv: (_comparison_order(rv[1]), rv[0].case_id))
     rows = [
-        [result.case_id, *comparison_cells(verdict), _comparison_status(verdict)]  # type: ignore[arg-type]
+        [result.case_id, *comparison_cells(verdict), _comparison_status(verdict)]
         for result, verdict in compared
     ]
     lines = ["", *text_table(COMPARISON_COLUMNS, rows), RATIO_NOTE]
     lines += unstable_lines(results)
     lines += [
-        f"{r.case_id}: {v.message}" for r, v in compared if v is not None and v.status == "insufficient"
+        f"{r.case_id}: {v.message}" for r, v in compared if v.status == "insufficient"
     ]
     lines += [
-        f"incomparable: {result.case_id}: {incomparable_reasons(verdict)}"  # type: ignore[arg-type]
+        f"incomparable: {result.case_id}: {incomparable_reasons(verdict)}"
         for result, verdict in compared
         if is_incomparable(verdict)
     ]
@@ -501,12 +501,13 @@ def best_per_runner_rows(documents: Sequence[ResultsDocument]) -> list[list[str]
             timed = [r for r in cases if _passing_p50(r) is not None]
             fastest = min(timed, key=lambda r: (_passing_p50(r), r.case_id), default=None)
             score = model_score(cases)
-            scored = [r for r in timed if score.value(r) is not None]
-            best_acc = max(
-                scored,
-                key=lambda r: (score.rank(score.value(r)), -_passing_p50(r)),  # type: ignore[arg-type,operator]
-                default=None,
-            )
+            scored = [
+                (r, value, p50)
+                for r in cases
+                if (p50 := _passing_p50(r)) is not None and (value := score.value(r)) is not None
+            ]
+            best = max(scored, key=lambda s: (score.rank(s[1]), -s[2]), default=None)
+            best_acc = best[0] if best else None
             on_front = score.front(cases)
             front = [r for r in _grouped(cases)[model] if on_front.get(r.case_id)]
             rows.append(

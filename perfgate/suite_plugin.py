@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from perfgate.concurrency import RUN_ID_ENV
     from perfgate.journal import new_run_id
 
-    config.stash[STATE] = RunState(run_id=os.environ.get(RUN_ID_ENV) if _serving(config) else new_run_id())
+    # An isolation child shares its parent's run id; one started by hand gets its own.
+    config.stash[STATE] = RunState(run_id=(os.environ.get(RUN_ID_ENV) if _serving(config) else None) or new_run_id())
     config.pluginmanager.register(ResultCollector(config), "perfgate-results")
     runner = config.stash[RUNNER] = _runner_id(config)
     config.stash[COMPARE] = bool(config.getoption("benchmark_compare", None))
@@ -406,7 +407,7 @@ def perf_case(request: pytest.FixtureRequest) -> Iterator[Any]:
     config = request.config
     state = _start_run(config)
     if option(config, "perf_isolate"):
-        run = _isolated_run(config, state, request.param, request.node.nodeid)
+        run = _isolated_run(config, state, session, request.param, request.node.nodeid)
     else:
         from perfgate.execution import CaseRun
 
@@ -429,7 +430,9 @@ def perf_case(request: pytest.FixtureRequest) -> Iterator[Any]:
         request.node.stash[PASS_RESULT] = run.result
 
 
-def _isolated_run(config: pytest.Config, state: RunState, case: Any, nodeid: str) -> Any:
+def _isolated_run(
+    config: pytest.Config, state: RunState, session: PerfgateSession, case: Any, nodeid: str
+) -> Any:
     """The parent's handle on a case that runs in the isolation child (started on first use)."""
     from perfgate.concurrency import RUN_ID_ENV
     from perfgate.isolation import CaseWorker, IsolatedCaseRun, child_args
@@ -452,7 +455,11 @@ def _isolated_run(config: pytest.Config, state: RunState, case: Any, nodeid: str
             _cache_dir(config) / "runs",
             state.run_id,
         )
-    session = config.stash[SESSION]
+
+    def on_step(step: str) -> None:
+        session.progress(f"{case.id}: {step}")
+        _journal(config, "step", case_id=case.id, step=step)
+
     return IsolatedCaseRun(
         case,
         state.worker,
@@ -462,10 +469,7 @@ def _isolated_run(config: pytest.Config, state: RunState, case: Any, nodeid: str
         require_baseline=option(config, "perf_require_baseline"),
         repeats=_repeats(config),
         earlier=_earlier(state, nodeid),
-        on_step=lambda step: (
-            session.progress(f"{case.id}: {step}"),
-            _journal(config, "step", case_id=case.id, step=step),
-        ),
+        on_step=on_step,
     )
 
 
@@ -525,7 +529,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if call.when == "call" and "perf_case" in getattr(item, "fixturenames", ()):
         excinfo = call.excinfo
@@ -566,7 +572,7 @@ class ResultCollector:
             return
         for name, value in report.user_properties:
             if name == RESULT_PROPERTY:
-                self._add(CaseResult.from_dict(json.loads(value)))
+                self._add(CaseResult.from_dict(json.loads(str(value))))  # the JSON text _record wrote
 
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
         case_id = nodeid_case_id(nodeid)
@@ -699,7 +705,7 @@ def _finish(config: pytest.Config, exitstatus: int) -> list[str]:
         if state.finished:
             return []
         state.finished = True
-    results = list(config.stash[COLLECTED])
+    results = config.stash[COLLECTED].copy()
     errors: list[str] = []
     drift = None
     try:
@@ -805,7 +811,7 @@ def run_document(config: pytest.Config) -> Any:
     from perfgate.report import results_document
     from perfgate.results import ResultsDocument
 
-    results = list(config.stash.get(COLLECTED, []))
+    results = config.stash.get(COLLECTED, []).copy()
     document = results_document(results, _report_meta(config, config.stash.get(DRIFT, None)))
     meta = {key: value for key, value in document.items() if key != "cases"}
     return ResultsDocument(meta, sorted(results, key=lambda r: r.case_id))

@@ -5,7 +5,7 @@ own suite (``perf/test_inference.py``) is the same four lines.
 """
 
 
-def test_case(perf_case, benchmark):  # type: ignore[no-untyped-def]
+def test_case(perf_case, benchmark):
     """Build the variant, hold it to its accuracy gates, time it, and compare with the baseline."""
     perf_case.build()
     perf_case.check_accuracy()

@@ -92,7 +92,8 @@ def train_classifier(
     """
     config = config or TrainConfig()
     data = ctx.data
-    if data.train_inputs is None or data.train_labels is None:
+    inputs, labels = data.train_inputs, data.train_labels
+    if inputs is None or labels is None:
         raise ValueError(f"model {ctx.name!r}: training needs train_inputs and train_labels in its data")
     torch.manual_seed(config.seed)
     model = build()
@@ -106,14 +107,14 @@ def train_classifier(
         torch.__version__,
     )
 
-    def train(path):  # type: ignore[no-untyped-def]
+    def train(path: Path) -> None:
         torch.manual_seed(config.seed)
         fresh = build()
         ctx.progress(f"training {ctx.name} ({config.epochs} epochs, cached afterwards)")
         fit(
             fresh,
-            data.train_inputs,
-            data.train_labels,
+            inputs,
+            labels,
             config,
             lambda line: ctx.progress(f"{ctx.name}: {line}"),
         )

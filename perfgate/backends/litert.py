@@ -76,7 +76,7 @@ def interpreter_class() -> Any:
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+        from tflite_runtime.interpreter import Interpreter
     return Interpreter
 
 
@@ -127,9 +127,9 @@ def quantize_pt2e(request: BuildRequest, quantizer: Any, batches: list[np.ndarra
 
     # A dynamic batch axis while calibrating, so that calibration runs in big batches; the
     # converter traces the quantized graph again at the case's static batch size.
-    batch = torch.export.Dim("batch", min=1, max=1024)
+    batch_dim = torch.export.Dim("batch", min=1, max=1024)
     traced = torch.from_numpy(batches[0])  # torch.export specializes a batch of 1: trace a bigger one
-    exported = torch.export.export(request.model, (traced,), dynamic_shapes=({0: batch},)).module()
+    exported = torch.export.export(request.model, (traced,), dynamic_shapes=({0: batch_dim},)).module()
     prepared = pt2e.prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for batch in batches:
@@ -156,7 +156,9 @@ def convert(request: BuildRequest, path: Path) -> dict[str, Any]:
         config = quant_config.QuantConfig(pt2e_quantizer=quantizer)
     elif request.lowering == "int8_static":
         calibration = request.require_calibration()
-        observer, observer_name = activation_observer(calibration.method)  # type: ignore[misc]
+        chosen = activation_observer(calibration.method)
+        assert chosen is not None, "_convert skips a case whose method has no observer"
+        observer, observer_name = chosen
         quantizer = pt2e_quantizer(dynamic=False, observer=observer)
         model = quantize_pt2e(request, quantizer, calibration.batches(request.data))
         config = quant_config.QuantConfig(pt2e_quantizer=quantizer)

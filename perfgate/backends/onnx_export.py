@@ -101,7 +101,7 @@ def _export_noting(export: Any) -> None:
             sys.stdout.flush()
             held.seek(0)
             printed = held.read().decode(errors="replace").strip()
-            if printed:
+            if printed and sys.version_info >= (3, 11):  # Python 3.10 has no notes: the error alone
                 exc.add_note(printed)
             raise
         finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -234,7 +234,7 @@ class OnnxRuntimeCpuBackend(Backend):
     name = "onnxruntime_cpu"
     marker = "onnxruntime"
     libraries = ("onnxruntime", "onnxruntime-gpu")
-    requires = ("onnxruntime", "onnx")
+    requires: ClassVar[tuple[str, ...]] = ("onnxruntime", "onnx")
     install_hint = "pip install 'perfgate[cpu]'"
     lowerings = frozenset(LOWERINGS)
     providers = ("CPUExecutionProvider",)

@@ -308,7 +308,7 @@ class OpenVinoCpuBackend(Backend):
     }
 
     def __init__(self, name: str, hint: str) -> None:
-        self.name = name  # type: ignore[misc]
+        self.name = name  # type: ignore[misc]  # one class, several registered instances
         self.hint = hint
 
     def missing(self) -> str | None:

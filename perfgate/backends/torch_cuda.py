@@ -84,10 +84,13 @@ class CudaTorchSession(TorchSession):
         self.synchronize()  # the copy is done before the timed call starts
 
     def run(self) -> None:
+        inputs = self._inputs
+        assert inputs is not None, "run() before bind()"
         with torch.inference_mode():
             if self.copies_timed:
-                self._inputs.copy_(self._host_inputs, non_blocking=True)
-            self._outputs = self.forward(self._inputs)
+                assert self._host_inputs is not None
+                inputs.copy_(self._host_inputs, non_blocking=True)
+            self._outputs = self.forward(inputs)
             if self.copies_timed:
                 self._copy_out(self._outputs)
 
@@ -133,13 +136,13 @@ class TorchCudaBackend(Backend):
     device = "cuda"
     marker = "torch"
     libraries = ("torch",)
-    requires = ("torch",)
+    requires: ClassVar[tuple[str, ...]] = ("torch",)
     install_hint = CUDA_TORCH_HINT
     lowerings = frozenset(LOWERING_DTYPES)
     session_class: ClassVar[type[CudaTorchSession]] = CudaTorchSession
 
     def __init__(self, name: str) -> None:
-        self.name = name  # type: ignore[misc]
+        self.name = name  # type: ignore[misc]  # one class, several registered instances
 
     def missing(self) -> str | None:
         return gpu_missing(self)
@@ -202,7 +205,8 @@ class TorchCompileCudaBackend(TorchCudaBackend):
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> CudaTorchSession:
         session = super().load(artifact, request, settings)
-        session.mark_steps = self.mode != "default"  # type: ignore[attr-defined]
+        assert isinstance(session, CompiledCudaSession)  # this backend's session_class
+        session.mark_steps = self.mode != "default"
         session.settings.update(compile_mode=self.mode, compile_dynamic=False)
         return session
 
@@ -256,6 +260,7 @@ class CudaGraphSession(CudaTorchSession):
 
     def run(self) -> None:
         if self.copies_timed:
+            assert self._host_inputs is not None, "run() before bind()"
             self._static_input.copy_(self._host_inputs, non_blocking=True)
         self._graph.replay()
         self._outputs = self._static_output
@@ -263,7 +268,8 @@ class CudaGraphSession(CudaTorchSession):
             self._copy_out(self._static_output)
 
     def close(self) -> None:
-        self._graph = self._static_input = self._static_output = None
+        # Releases the graph's memory; a closed session is never run again.
+        self._graph = self._static_input = self._static_output = None  # type: ignore[assignment]
         super().close()
 
 

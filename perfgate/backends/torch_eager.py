@@ -160,7 +160,7 @@ class TorchEagerBackend(Backend):
     requires = ("torch",)
 
     def __init__(self, name: str, device: str, lowerings: frozenset[str], reference: bool = False) -> None:
-        self.name = name  # type: ignore[misc]
+        self.name = name  # type: ignore[misc]  # one class, several registered instances
         self.device = device  # type: ignore[misc]
         self.lowerings = lowerings  # type: ignore[misc]
         self.reference = reference  # type: ignore[misc]

@@ -101,7 +101,7 @@ def quantize_static(model: torch.nn.Module, data: ModelData, calibration: Calibr
     return convert_fx(prepared).eval()
 
 
-def convert_qat(model: torch.nn.Module) -> torch.nn.Module:
-    """Convert a fine-tuned fake-quant model to real INT8 modules (a copy)."""
+def convert_qat(model: torch.fx.GraphModule) -> torch.nn.Module:
+    """Convert a fine-tuned fake-quant model (``qat_fx.prepare_qat``'s) to real INT8 modules (a copy)."""
     torch.backends.quantized.engine = ENGINE
     return convert_fx(copy.deepcopy(model)).eval()

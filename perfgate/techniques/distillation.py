@@ -55,7 +55,7 @@ class Distillation(Technique):
             student, ctx, "distilled", self.transform_key(options) + repr(student), config, loss
         )
 
-    def transform_key(self, options: dict[str, Any]) -> str | None:
+    def transform_key(self, options: dict[str, Any]) -> str:
         return f"distill:{sorted(options.items())}"
 
     def describe(self, model: Any, original: Any) -> dict[str, Any]:

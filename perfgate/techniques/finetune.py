@@ -76,7 +76,7 @@ def cached_fit(
         ctx.progress(f"{ctx.model_name}: {kind} fine-tune ({config.epochs} epochs, cached afterwards)")
         if before is not None:
             before(module)
-        fit(module, ctx.data.train_inputs, ctx.data.train_labels, config,
+        fit(module, *ctx.data.training_split(), config,
             lambda line: ctx.progress(f"{ctx.model_name} {kind}: {line}"), loss)  # fmt: skip
         if after is not None:
             after(module)

@@ -49,7 +49,7 @@ def _prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 def weight_sparsity(model: nn.Module) -> float:
     """Fraction of exact zeros in the weights of every Conv2d and Linear layer."""
-    weights = [m.weight for m, _ in _prunable(model)]
+    weights = [m.weight for m in model.modules() if isinstance(m, PRUNABLE)]
     total = sum(w.numel() for w in weights)
     return sum(int((w == 0).sum()) for w in weights) / max(1, total)
 
@@ -130,11 +130,12 @@ def _conv(conv: nn.Conv2d, out_index: torch.Tensor | None, in_index: torch.Tenso
         weight = weight[:, in_index]
     out_c = weight.shape[0]
     in_c = out_c if depthwise else weight.shape[1] * conv.groups
-    new = nn.Conv2d(in_c, out_c, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+    # torch types a conv's geometry as tuple[int, ...] (any rank); a Conv2d's holds 2-tuples.
+    new = nn.Conv2d(in_c, out_c, conv.kernel_size, conv.stride, conv.padding, conv.dilation,  # type: ignore[arg-type]
                     groups=out_c if depthwise else conv.groups, bias=bias is not None,
                     padding_mode=conv.padding_mode)  # fmt: skip
     new.weight.data.copy_(weight)
-    if bias is not None:
+    if bias is not None and new.bias is not None:
         new.bias.data.copy_(bias)
     return new
 
@@ -155,7 +156,7 @@ def _linear(linear: nn.Linear, out_index: torch.Tensor | None, in_index: torch.T
         weight = weight[:, in_index]
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     new.weight.data.copy_(weight)
-    if bias is not None:
+    if bias is not None and new.bias is not None:
         new.bias.data.copy_(bias)
     return new
 
@@ -179,7 +180,8 @@ def _conv_chains(seq: nn.Sequential) -> list[tuple[int, list[int], int]]:
     for start, first in enumerate(layers):
         if not isinstance(first, nn.Conv2d) or first.groups != 1:
             continue
-        middle, i = [], start + 1
+        middle: list[int] = []
+        i = start + 1
         while i < len(layers):
             layer = layers[i]
             if isinstance(layer, nn.Conv2d) and layer.groups == 1:
@@ -204,7 +206,8 @@ def _linear_chains(seq: nn.Sequential) -> list[tuple[int, list[int], int]]:
     for start, first in enumerate(layers):
         if not isinstance(first, nn.Linear):
             continue
-        middle, i = [], start + 1
+        middle: list[int] = []
+        i = start + 1
         while i < len(layers) and isinstance(layers[i], ELEMENTWISE):
             middle.append(i)
             i += 1
@@ -217,17 +220,25 @@ def _prune_chain(seq: nn.Sequential, chain: tuple[int, list[int], int], amount: 
     """Remove ``amount`` of the chain's internal channels, the lowest-L1-norm filters of its first layer."""
     start, middle, end = chain
     first = seq[start]
+    assert isinstance(first, PRUNABLE), "a chain starts with a Conv2d or a Linear layer"
     scores = first.weight.detach().abs().flatten(1).sum(1)
     index = _keep(scores, amount)
-    rebuild = _conv if isinstance(first, nn.Conv2d) else _linear
-    seq[start] = rebuild(first, index, None)
+    seq[start] = _rebuild(first, index, None)
     for i in middle:
         layer = seq[i]
         if isinstance(layer, nn.BatchNorm2d):
             seq[i] = _batch_norm(layer, index)
         elif isinstance(layer, nn.Conv2d):
             seq[i] = _conv(layer, index, index)
-    seq[end] = rebuild(seq[end], None, index)
+    seq[end] = _rebuild(seq[end], None, index)
+
+
+def _rebuild(layer: nn.Module, out_index: torch.Tensor | None, in_index: torch.Tensor | None) -> nn.Module:
+    """A chain's end layer (both ends are Conv2d, or both Linear) keeping only the indexed channels."""
+    if isinstance(layer, nn.Conv2d):
+        return _conv(layer, out_index, in_index)
+    assert isinstance(layer, nn.Linear), "a chain ends with a Conv2d or a Linear layer"
+    return _linear(layer, out_index, in_index)
 
 
 def prune_channels(model: nn.Module, amount: float, model_name: str) -> nn.Module:

@@ -62,7 +62,7 @@ def fine_tune_qat(
 
     epochs, frozen = int(options["epochs"]), int(options["frozen_epochs"])
     lr, shift = float(options["lr"]), int(options["max_shift"])
-    inputs, labels = data.train_inputs, data.train_labels
+    inputs, labels = data.training_split()
     fit(prepared, inputs, labels, TrainConfig(max(1, epochs - frozen), lr=lr, max_shift=shift), progress)
     if frozen > 0:
         _freeze(prepared)

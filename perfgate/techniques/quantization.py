@@ -105,7 +105,7 @@ class QuantizationAwareTraining(Technique):
         require_labels(ctx, self.name)
         data = ctx.data
         options = {**self.default_options, **ctx.options}
-        example = torch.from_numpy(np.ascontiguousarray(data.train_inputs[:1]))
+        example = torch.from_numpy(np.ascontiguousarray(data.training_split()[0][:1]))
         prepared = qat_fx.prepare_qat(copy.deepcopy(model), example)
         key = stable_hash(ctx.model_key, self.transform_key(options), data.fingerprint())
 
