@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
 from typing import Any
 
 import pytest
 
 import perfgate.backends as backends_module
 from perfgate.backends import BACKENDS, Backend
-from perfgate.drift import hardware_drift, incomparable_reasons, major_minor
+from perfgate.drift import hardware_drift, incomparable_reasons
 from perfgate.hardware import Hardware, cpu_fields, cpu_signature, detect, recorded_libraries, slug
 from perfgate.registry import Registry
 
@@ -184,43 +183,7 @@ def test_an_old_snapshot_without_signature_is_compared_on_what_it_has() -> None:
     ]
 
 
-# ---- a backend registered from a conftest ------------------------------------------------------
-
-REGISTERED_BACKEND_CONFTEST = """
-from perfgate.backends.torch_eager import TorchEagerBackend
-
-
-class PluggyTorch(TorchEagerBackend):
-    # Any installed distribution will do; perfgate's own lists never named this one.
-    libraries = ("torch", "pluggy")
-
-
-def pytest_perfgate_register(backends, techniques, metrics):
-    backends.register("mine_cpu", PluggyTorch("mine_cpu", "cpu", frozenset({"none"})))
-"""
-
-
-def test_a_backend_registered_from_a_conftest_gets_its_drift_entry(perf_project: pytest.Pytester) -> None:
-    """Its ``libraries`` are recorded with the baseline, their change is listed as drift, and a new
-    major.minor makes its verdicts incomparable, with no edit to perfgate (its lists were fixed)."""
-    perf_project.makeconftest(REGISTERED_BACKEND_CONFTEST)
-    matrix = perf_project.path / "perf" / "matrix.toml"
-    matrix.write_text(matrix.read_text() + "\n[backends.mine_cpu]\n")
-    select = ["perf", "-k", "fp32 and mine_cpu", "--perf-repeats", "1"]
-    perf_project.runpytest(*select, "--perf-refresh-baselines").assert_outcomes(passed=1)
-    baseline = perf_project.path / "baselines" / "test-runner" / "0001_baseline.json"
-    document = json.loads(baseline.read_text())
-    snapshots = [document["machine_info"]["perfgate"], *document["perfgate"]["environments"].values()]
-    for snapshot in snapshots:  # the file's machine and each case's environment
-        assert snapshot["libraries"]["pluggy"] == recorded_version()
-        snapshot["libraries"]["pluggy"] = "0.1.0"
-    baseline.write_text(json.dumps(document))
-    perf_project.runpytest(*select, "--benchmark-compare", "--perf-report", "out").assert_outcomes(passed=1)
-    results = json.loads((perf_project.path / "out" / "results.json").read_text())
-    assert {"what": "library pluggy", "baseline": "0.1.0", "current": recorded_version()} in results["drift"]
-    (case,) = results["cases"]
-    reasons = next(v for v in case["verdicts"] if v["gate"] == "regression")["values"]["reasons"]
-    assert f"pluggy 0.1 -> {major_minor(recorded_version())} (major.minor)" in reasons
+# ---- recorded libraries (end to end through the conftest hook: tests/test_registration.py) -----
 
 
 def recorded_version() -> str:
@@ -228,11 +191,14 @@ def recorded_version() -> str:
 
 
 def test_recorded_libraries_follow_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The core distributions and each registered backend's, whatever registered it."""
+    """The core distributions and each registered backend's, one registered after the machine was
+    detected included: its version is recorded and a change of it is drift (perfgate's own lists
+    never named pluggy)."""
     registry: Registry[Backend] = Registry("backend")
     registry.register("torch_cpu", BACKENDS.get("torch_cpu"))
     monkeypatch.setattr(backends_module, "BACKENDS", registry)
     assert recorded_libraries() == ("numpy", "onnx", "torch")
+    assert "pluggy" not in detect().libraries
     mine = type("Mine", (Backend,), {"name": "mine", "marker": "mine", "libraries": ("pluggy",)})()
     registry.register("mine", mine)
     assert recorded_libraries() == ("numpy", "onnx", "pluggy", "torch")
