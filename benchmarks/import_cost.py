@@ -161,7 +161,9 @@ def check_loaded(project: Path, env: dict[str, str]) -> None:
     """The "with" variant really loads perfgate and the "without" one really does not."""
     for variant, expected in (("with", True), ("without", False)):
         done = subprocess.run([sys.executable, "-m", "pytest", *VARIANTS[variant], "--version", "--version"], cwd=project, env=env, capture_output=True, text=True)  # fmt: skip
-        loaded = "perfgate" in done.stdout + done.stderr
+        loaded = any(
+            line.strip().startswith("perfgate-") for line in (done.stdout + done.stderr).splitlines()
+        )
         if loaded != expected:
             sys.exit(f"variant {variant!r}: perfgate {'not ' if expected else ''}loaded; is it installed in {sys.executable}?")  # fmt: skip
 
@@ -190,8 +192,11 @@ def check_imports(project: Path, env: dict[str, str]) -> tuple[dict[str, Any], l
 
 
 def commit() -> str:
-    done = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=REPO, capture_output=True, text=True)
-    return done.stdout.strip()
+    """The perfgate commit measured, ``-dirty`` with uncommitted changes."""
+    done = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
+    )
+    return done.stdout.strip() or "(not a git checkout)"
 
 
 def print_table(results: dict[str, dict[str, float]], max_ratio: float) -> None:
@@ -205,6 +210,11 @@ def print_table(results: dict[str, dict[str, float]], max_ratio: float) -> None:
         )
 
 
+def write_json(path: Path, reps: int, document: dict[str, Any]) -> None:
+    header = {"commit": commit(), "python": sys.executable, "reps": reps}
+    path.write_text(json.dumps(header | document, indent=2, sort_keys=True) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -215,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = clean_env()
     load_before = os.getloadavg()
-    print(f"{commit()}\n{sys.executable}, {args.reps} runs per command and variant, load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")  # fmt: skip
+    print(f"perfgate {commit()}, {sys.executable}, {args.reps} runs per command and variant, load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="import-cost-") as tmp:
         project = Path(tmp)
         make_project(project)
@@ -239,9 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     failures += [f"pytest {c}: {r['ratio_median']:.2f}x > {args.max_ratio:.2f}x" for c, r in results.items() if r["ratio_median"] > args.max_ratio]  # fmt: skip
     if args.json:
         document = {
-            "commit": commit(),
-            "python": sys.executable,
-            "reps": args.reps,
             "max_ratio": args.max_ratio,
             "load_average_before": list(load_before),
             "load_average_after": list(load_after),
@@ -251,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             "first_attempt": first,
             "failures": failures,
         }
-        args.json.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        write_json(args.json, args.reps, document)
     for failure in failures:
         print(f"FAIL: {failure}")
     print("ok" if not failures else f"{len(failures)} failure(s)")
