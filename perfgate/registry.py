@@ -44,18 +44,24 @@ class Registry(Generic[T]):
         self.axis = axis
         self._paths: dict[str, str] = {}
         self._loaded: dict[str, T] = {}
+        # The entry every other one of the axis is judged against (fp32, torch_cpu), if it has one;
+        # a name, so that knowing it imports nothing.
+        self.reference: str | None = None
 
-    def register(self, name: str, path_or_object: str | T) -> None:
+    def register(self, name: str, path_or_object: str | T, *, reference: bool = False) -> None:
         """Register an entry by ``module:attribute`` path or by the object itself.
 
         :param name: the name the matrix file uses.
         :param path_or_object: where the entry lives, or the entry.
+        :param reference: make it the axis's :attr:`reference` (the last one registered so wins).
         """
         if isinstance(path_or_object, str):
             self._paths[name] = path_or_object
             self._loaded.pop(name, None)
         else:
             self._loaded[name] = path_or_object
+        if reference:
+            self.reference = name
 
     def get(self, name: str) -> T:
         """Return the entry called ``name``, importing its module on first use."""

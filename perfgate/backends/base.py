@@ -101,9 +101,6 @@ class Backend:
     # one than the baseline's makes its verdicts incomparable. perfgate.hardware records their
     # versions with every result, and drift lists their changes, for every registered backend.
     libraries: ClassVar[tuple[str, ...]] = ()
-    # The backend every variant is judged against (its FP32 outputs) and whose FP32 p50 the
-    # report's speedup divides: exactly one registered backend sets it (see reference_backend).
-    reference: ClassVar[bool] = False
 
     def supports(self, lowering: str) -> bool:
         """Whether this backend can run a technique that asks for ``lowering``."""

@@ -159,11 +159,10 @@ class TorchEagerBackend(Backend):
     libraries = ("torch",)
     requires = ("torch",)
 
-    def __init__(self, name: str, device: str, lowerings: frozenset[str], reference: bool = False) -> None:
+    def __init__(self, name: str, device: str, lowerings: frozenset[str]) -> None:
         self.name = name  # type: ignore[misc]  # one class, several registered instances
         self.device = device  # type: ignore[misc]
         self.lowerings = lowerings  # type: ignore[misc]
-        self.reference = reference  # type: ignore[misc]
 
     def build(self, request: BuildRequest) -> Artifact:
         start = time.perf_counter()
@@ -193,4 +192,4 @@ class TorchEagerBackend(Backend):
         return torch.device("cuda" if self.device == "cuda" else "cpu")
 
 
-TORCH_CPU = TorchEagerBackend("torch_cpu", "cpu", frozenset(LOWERINGS), reference=True)
+TORCH_CPU = TorchEagerBackend("torch_cpu", "cpu", frozenset(LOWERINGS))

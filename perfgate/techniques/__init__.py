@@ -4,7 +4,7 @@ from perfgate.registry import Registry
 from perfgate.techniques.base import NotApplicable, Technique, TransformContext
 
 TECHNIQUES: Registry[Technique] = Registry("technique")
-TECHNIQUES.register("fp32", "perfgate.techniques.reference:FP32")
+TECHNIQUES.register("fp32", "perfgate.techniques.reference:FP32", reference=True)
 TECHNIQUES.register("int8_dynamic", "perfgate.techniques.quantization:INT8_DYNAMIC")
 TECHNIQUES.register("int8_static", "perfgate.techniques.quantization:INT8_STATIC")
 TECHNIQUES.register("int8_static_entropy", "perfgate.techniques.quantization:INT8_STATIC_ENTROPY")
@@ -30,14 +30,11 @@ FAMILIES = {
 
 
 def reference_technique() -> str:
-    """The name of the registered technique that sets ``reference`` (``fp32``).
-
-    Entries are imported in registration order until one is found.
-    """
-    for name in TECHNIQUES:
-        if TECHNIQUES.get(name).reference:
-            return name
-    raise LookupError("no registered technique sets reference = True")
+    """The technique every other one is judged against: the one registered with ``reference=True``
+    (``fp32``). Knowing it imports no technique module."""
+    if TECHNIQUES.reference is None:
+        raise LookupError("no technique is registered with reference=True")
+    return TECHNIQUES.reference
 
 
 __all__ = ["FAMILIES", "TECHNIQUES", "NotApplicable", "Technique", "TransformContext", "reference_technique"]

@@ -54,9 +54,6 @@ class Technique:
     lowering: str = "none"
     family: str | None = None
     lossless: bool = False
-    # The technique every other one is judged against (``fp32``): exactly one registered technique
-    # sets it (see perfgate.techniques.reference_technique).
-    reference: bool = False
     devices: frozenset[str] = frozenset({"cpu", "cuda"})  # where the technique exists at all
     # Backend markers ("torch", "onnxruntime", ...) on which the technique means anything; ``None``
     # for all. A combination outside it is never generated (channels-last means nothing to ONNX).

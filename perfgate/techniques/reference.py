@@ -6,7 +6,6 @@ FP32 = Technique(
     name="fp32",
     description="FP32 reference; on a non-torch backend, a lossless conversion",
     lossless=True,
-    reference=True,
     # A conversion may reorder float sums (fused kernels), never change a prediction. The diff
     # tolerance scales with the outputs: 1e-4 plus 1e-5 of the largest one (a regressor's outputs in
     # the hundreds differ by a float32 rounding of ~3e-5 that an absolute 1e-4 barely holds).
