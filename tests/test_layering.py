@@ -132,3 +132,11 @@ def test_the_registries_import_neither_torch_nor_numpy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_naming_the_reference_imports_no_backend() -> None:
+    """The report's speedup reference is a registered name: rendering a report (``perfgate
+    report``) does not import torch to find it."""
+    code = "import sys, perfgate.report as r; print(r.reference(), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "('fp32', 'torch_cpu') False"
