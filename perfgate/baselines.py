@@ -473,7 +473,7 @@ def cached_baseline(path: Path) -> Baseline | None:
     """:func:`load_baseline`, read once per version of the file (every case of a run asks)."""
     try:
         stat = Path(path).stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no file (a folder in its place is the refresh's error)
         return None
     return _cached(str(path), stat.st_mtime_ns, stat.st_size)
 
