@@ -24,7 +24,7 @@ from filelock import FileLock
 from perfgate.cache import stable_hash
 from perfgate.jsonio import write_json
 from perfgate.reference_workload import REFERENCE_NAME
-from perfgate.results import UNFINISHED, CaseResult
+from perfgate.results import UNFINISHED, CaseResult, Measurement
 from perfgate.sessions import SessionSummary, thin
 
 SCHEMA_VERSION = 1
@@ -33,7 +33,8 @@ BASELINE_FILE = "0001_baseline.json"
 MAX_STORED_SAMPLES = 2000
 # Fewer samples than this say nothing about a case's spread: such an entry is refused on load.
 MIN_BASELINE_SAMPLES = 5
-# The reference workload's p50, timed next to each case, sits in the case's settings under this key.
+# The reference workload's p50, timed next to each case, sits in the case's settings under this key
+# (Measurement.reference_workload_p50_us on a result).
 REFERENCE_SETTING = "reference_workload_p50_us"
 # Verdicts whose cases --perf-refresh-changed rewrites.
 CHANGED_STATUSES = ("fail", "improved")
@@ -185,7 +186,7 @@ def _validated_case(
     entry = _current_entry(path, case_id, case, entries)
     samples = _samples(path, case_id, entry)
     settings = _table(case.get("settings"))
-    reference = settings.get(REFERENCE_SETTING)
+    reference = Measurement.from_settings(settings)[0].reference_workload_p50_us
     if reference is not None and not _positive(reference):
         raise _problem(path, case_id, f"{REFERENCE_SETTING} is {reference!r}, not a positive number")
     accuracy = case.get("accuracy")
@@ -397,7 +398,7 @@ def _refresh_locked(
     changes = []
     for result in sorted(results, key=lambda r: r.case_id):
         old = benches.get(result.case_id)
-        concurrent = bool(result.settings.get("concurrent_runs"))
+        concurrent = bool(result.measurement.concurrent_runs)
         if result.status in UNFINISHED or not result.samples_s or not result.accuracy_passed or concurrent:
             changes.append(Change(result.case_id, "kept-out", _p50_ms(old), None, _kept_out_reason(result)))
             continue
@@ -406,7 +407,7 @@ def _refresh_locked(
             "fullname": benches[result.case_id]["fullname"],
             "accuracy": result.accuracy,
             "latency": result.latency.to_dict() if result.latency else None,
-            "settings": result.settings,
+            "settings": result.stored_settings(),
             "sessions": stored_sessions(result)[1],
             "environment": environment,
             "samples_stored": len(benches[result.case_id]["stats"]["data"]),
@@ -426,7 +427,7 @@ def _refresh_locked(
 def _kept_out_reason(result: CaseResult) -> str:
     if result.status == "crashed":
         return "crashed its process"
-    if result.settings.get("concurrent_runs"):
+    if result.measurement.concurrent_runs:
         return "was timed while another perfgate run was running on this machine"
     if result.accuracy is not None and not result.accuracy_passed:
         return "failed its accuracy gate"

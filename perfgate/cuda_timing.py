@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from perfgate.results import DeviceTiming
+
 # A device share (device p50 / host p50) below this means most of the host latency is not the
 # device computing: kernel launches, Python, or copies. trtexec's docs draw the same line between
 # "GPU compute" and "host latency"; half is the point where removing the overhead at least
@@ -135,22 +137,24 @@ def device_summary(device_s: Sequence[float]) -> dict[str, float]:
     return summary
 
 
-def record_device_timing(settings: dict[str, Any], timer: CudaEventTimer, host_s: Sequence[float]) -> None:
-    """Add the device time of the timed rounds and the overhead flag to a result's settings.
+def record_device_timing(
+    timer: CudaEventTimer, host_s: Sequence[float], copies_in_timing: bool
+) -> DeviceTiming | None:
+    """The device time of the timed rounds and the overhead flag, for the result's measurement.
 
     The timer also saw the warmup calls; the timed rounds are the last ``len(host_s)`` of them.
 
-    :param settings: the result's settings, updated in place.
     :param timer: the session's device timer.
     :param host_s: the host samples pytest-benchmark kept, one per timed round.
+    :param copies_in_timing: whether host-device copies were timed (``copies_timed``).
+    :returns: ``None`` when the timer has no timed round.
     """
     device_s = timer.samples_s()[-len(host_s) :] if host_s else []
     if not device_s:
-        return
-    settings["device_time"] = device_summary(device_s)
-    settings["host_p50_ms"] = round(float(np.median(host_s)) * 1e3, 6)
-    settings.update(
-        launch_overhead_flag(
-            float(np.median(device_s)), float(np.median(host_s)), bool(settings.get("copies_timed"))
-        )
+        return None
+    host_p50_s, device_p50_s = float(np.median(host_s)), float(np.median(device_s))
+    return DeviceTiming(
+        device_time=device_summary(device_s),
+        host_p50_ms=round(host_p50_s * 1e3, 6),
+        **launch_overhead_flag(device_p50_s, host_p50_s, copies_in_timing),
     )

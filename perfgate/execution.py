@@ -11,7 +11,7 @@ import pytest
 
 from perfgate.accuracy import AccuracyResult, Fidelity, resolve_metric
 from perfgate.backends import BACKENDS, Artifact, BuildRequest, RunSettings, Session, predict
-from perfgate.baselines import REFERENCE_SETTING, BaselineCase, baseline_path, cached_baseline
+from perfgate.baselines import BaselineCase, baseline_path, cached_baseline
 from perfgate.cache import stable_hash
 from perfgate.cuda_timing import record_device_timing
 from perfgate.drift import incomparable_reasons
@@ -29,7 +29,7 @@ from perfgate.matrix import Case
 from perfgate.memory import PeakMemory, gpu_peak_memory
 from perfgate.models import LoadedModel
 from perfgate.reference_workload import measure_reference
-from perfgate.results import CaseResult
+from perfgate.results import CaseResult, Measurement
 from perfgate.session import PerfgateSession
 from perfgate.sessions import SessionSummary, thin
 from perfgate.stats import LatencyStats
@@ -77,6 +77,7 @@ class CaseRun:
         self.runtime: Session | None = None
         self._effect: Effect | None = None
         self._current_samples: list[float] | None = None  # this pass's session, in full
+        self._benchmark_info: dict[str, Any] | None = None  # pytest-benchmark's extra_info, once timed
         self.result = CaseResult.for_case(case, session.runner, nodeid)
         if earlier is not None:
             # A later pass goes on from the earlier passes' result: accuracy, sessions, settings.
@@ -141,14 +142,18 @@ class CaseRun:
             start = time.perf_counter()
             self.runtime = self.backend.load(self.artifact, self.request, self._run_settings())
             self.result.load_s = time.perf_counter() - start
+        # The facts a backend reports among its settings are taken out here, once, into typed fields.
+        reported, backend_settings = Measurement.from_settings(self.runtime.settings)
+        self.result.measurement.batches_per_run = reported.batches_per_run
+        self.result.measurement.copies_timed = reported.copies_timed
         self.result.settings = {
             **self.result.settings,
-            **self.runtime.settings,
+            **backend_settings,
             **described,
             "batch_size": self.case.batch_size,
         }
         if "calibration" in options:
-            self.result.settings["calibration_source"] = model.data.calibration_source
+            self.result.measurement.calibration_source = model.data.calibration_source
         with self.guard.step("first inference"):
             self.runtime.bind(model.data.example(self.case.batch_size))
             start = time.perf_counter()
@@ -173,7 +178,7 @@ class CaseRun:
         float_bytes = serialized_size(self.model.module)
         counts = self.backend.inspect(self.artifact) if self.technique.lowering != "none" else {}
         if counts:
-            self.result.settings["op_counts"] = counts
+            self.result.measurement.op_counts = counts
         return Effect(
             self.technique.lowering,
             self.technique.size_reducing,
@@ -247,7 +252,9 @@ class CaseRun:
         self.runtime.bind(self.model.data.example(self.case.batch_size))
         if benchmark is not None:
             benchmark.group = self.case.model.name
-            benchmark.extra_info.update(perfgate_case=self.case.id, settings=self.result.settings)
+            benchmark.extra_info["perfgate_case"] = self.case.id
+            self._benchmark_info = benchmark.extra_info
+            self._show_settings()
             if self.pass_kind != "first":  # each session is a row of its own in pytest-benchmark's table
                 label = f" [{self.pass_kind}, session {len(self.result.sessions) + 1}]"
                 benchmark.name, benchmark.fullname = benchmark.name + label, benchmark.fullname + label
@@ -264,19 +271,28 @@ class CaseRun:
         concurrent += [run for run in self.session.concurrent_runs() if run not in concurrent]
         if concurrent:
             # Another perfgate run timed on this machine meanwhile: both measured each other.
-            self.result.settings["concurrent_runs"] = concurrent
+            self.result.measurement.concurrent_runs = concurrent
         self.result.peak_rss_mb = self.memory.peak_mb()
         if self.case.device == "cuda":
             self.result.settings.update(gpu_peak_memory())
         if timing is None:
+            self._show_settings()
             return
         self._current_samples = list(timing.samples_s)
         summary = SessionSummary.from_samples(timing.samples_s, self.pass_kind).to_dict()
         self.result.sessions.append({**summary, "kept": True, "samples_s": thin(timing.samples_s)})
         self._settle_samples()
-        self.result.settings["warmup_rounds"] = timing.warmup_rounds
+        self.result.measurement.warmup_rounds = timing.warmup_rounds
         if device_timer is not None:
-            record_device_timing(self.result.settings, device_timer, timing.samples_s)
+            facts = self.result.measurement
+            copies = bool(facts.copies_timed)
+            facts.device_timing = record_device_timing(device_timer, timing.samples_s, copies)
+        self._show_settings()
+
+    def _show_settings(self) -> None:
+        """Keep the settings in pytest-benchmark's ``extra_info`` as stored: with perfgate's facts."""
+        if self._benchmark_info is not None:
+            self._benchmark_info["settings"] = self.result.stored_settings()
 
     def _settle_samples(self) -> None:
         """``samples_s`` and the latency: the kept sessions' samples (this pass's in full)."""
@@ -288,7 +304,7 @@ class CaseRun:
                 samples += current if this_pass and current is not None else session["samples_s"]
         self.result.samples_s = samples
         # An async-queue session (OpenVINO's throughput hint) runs several batches per timed call.
-        per_call = self.case.batch_size * int(self.result.settings.get("batches_per_run", 1))
+        per_call = self.case.batch_size * self.result.measurement.batches_per_call
         self.result.latency = LatencyStats.from_samples(samples, per_call) if samples else None
 
     def check_regression(self) -> None:
@@ -308,8 +324,10 @@ class CaseRun:
         """
         if self._current_samples is None:
             return
-        reference_us = self.result.settings[REFERENCE_SETTING] = round(measure_reference() * 1e6, 4)
+        reference_us = round(measure_reference() * 1e6, 4)
+        self.result.measurement.reference_workload_p50_us = reference_us
         self.result.sessions[-1]["reference_us"] = reference_us
+        self._show_settings()
         if self.pass_kind != "confirmation" and len(self._measured()) < self.repeats:
             self.result.pending = "repeat"
             return

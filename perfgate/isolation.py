@@ -252,7 +252,7 @@ class IsolatedCaseRun:
         self._call("time", timing_enabled=enabled)
         if enabled and self.result.sessions:
             show_in_benchmark(benchmark, self.result.sessions[-1]["samples_s"])
-            benchmark.extra_info.update(perfgate_case=self.case.id, settings=self.result.settings)
+            benchmark.extra_info.update(perfgate_case=self.case.id, settings=self.result.stored_settings())
         else:
             benchmark.pedantic(lambda: None, rounds=1)
 

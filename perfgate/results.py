@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,65 @@ class ResultsError(RuntimeError):
 
 
 @dataclass
+class DeviceTiming:
+    """The device side of a GPU case's timed rounds (``perfgate.cuda_timing.record_device_timing``)."""
+
+    device_time: dict[str, float]  # p50/p90/p95/p99/mean of the device times in ms, and rounds
+    host_p50_ms: float  # the host p50 of the same rounds
+    device_share: float  # device p50 over host p50
+    gpu_bound_by: str  # "device", "launch overhead" or "copies"
+    gpu_remedy: str | None  # what to change; None when device-bound
+
+
+@dataclass
+class Measurement:
+    """perfgate's own facts about how a case was measured, apart from the backend's settings.
+
+    On disk they sit flat in the case's ``settings``, each under its field's name (a
+    :class:`DeviceTiming` under its own fields' names), as they always have: results.json and the
+    baselines read unchanged. A fact that is ``None`` is not stored.
+    """
+
+    warmup_rounds: int | None = None  # untimed calls before the last session's timed rounds
+    batches_per_run: int | None = None  # batches one timed call runs (OpenVINO's async queue)
+    copies_timed: bool | None = None  # host-device copies inside the timed region (CUDA backends)
+    reference_workload_p50_us: float | None = None  # the reference workload's p50, timed next to it
+    concurrent_runs: list[dict[str, Any]] | None = None  # other perfgate runs seen while it was timed
+    op_counts: dict[str, int] | None = None  # what the lowering runs in: quantized_ops, float_ops
+    calibration_source: str | None = None  # the data a quantization calibrated on
+    device_timing: DeviceTiming | None = None  # GPU cases: the device time of the timed rounds
+
+    @property
+    def batches_per_call(self) -> int:
+        """Batches in one timed call: ``batches_per_run``, or one."""
+        return int(self.batches_per_run or 1)
+
+    def to_settings(self) -> dict[str, Any]:
+        """The facts as the keys of a case's stored ``settings``."""
+        stored = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "device_timing" and getattr(self, f.name) is not None
+        }
+        return {**stored, **(asdict(self.device_timing) if self.device_timing else {})}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> tuple[Measurement, dict[str, Any]]:
+        """The facts in stored ``settings``, and the rest (the backend's own settings).
+
+        A key that holds ``null``, or a device timing with a key missing, stays in the rest, so
+        that writing the case again gives back the same keys.
+        """
+        rest = dict(settings)
+        names = [f.name for f in fields(cls) if f.name != "device_timing"]
+        facts = {name: rest.pop(name) for name in names if rest.get(name) is not None}
+        device_keys = [f.name for f in fields(DeviceTiming)]
+        if all(key in rest for key in device_keys):
+            facts["device_timing"] = DeviceTiming(**{key: rest.pop(key) for key in device_keys})
+        return cls(**facts), rest
+
+
+@dataclass
 class CaseResult:
     """Everything measured for one case; times in seconds unless the field says otherwise."""
 
@@ -52,7 +112,10 @@ class CaseResult:
     first_inference_s: float | None = None
     artifact_bytes: int | None = None
     peak_rss_mb: float | None = None
+    # The backend's own settings (threads, providers, versions, ...); perfgate's own facts are in
+    # ``measurement``, stored inside ``settings`` on disk.
     settings: dict[str, Any] = field(default_factory=dict)
+    measurement: Measurement = field(default_factory=Measurement)
     accuracy: dict[str, Any] | None = None
     latency: LatencyStats | None = None
     samples_s: list[float] = field(default_factory=list)
@@ -90,8 +153,14 @@ class CaseResult:
     def verdict(self, gate: str) -> Verdict | None:
         return next((v for v in self.verdicts if v.gate == gate), None)
 
+    def stored_settings(self) -> dict[str, Any]:
+        """``settings`` as results.json and the baselines store them: with perfgate's facts."""
+        return {**self.settings, **self.measurement.to_settings()}
+
     def to_dict(self) -> dict[str, Any]:
         result = asdict(self)
+        del result["measurement"]
+        result["settings"] = copy.deepcopy(self.stored_settings())
         result["latency"] = self.latency.to_dict() if self.latency else None
         result["verdicts"] = [v.to_dict() for v in self.verdicts]
         return result
@@ -101,6 +170,7 @@ class CaseResult:
         data = dict(data)
         latency = data.pop("latency", None)
         verdicts = data.pop("verdicts", [])
+        data["measurement"], data["settings"] = Measurement.from_settings(data.get("settings") or {})
         result = cls(**data)
         if latency:
             latency = dict(latency)

@@ -795,7 +795,7 @@ def _not_accepted(result: CaseResult, status: str) -> str:
         return "it did not run to the end"
     if not result.accuracy_passed:
         return "it failed its accuracy gates"
-    if result.settings.get("concurrent_runs"):
+    if result.measurement.concurrent_runs:
         return "it was timed while another perfgate run was running"
     if status == "fail":
         return REGRESSED
@@ -840,7 +840,7 @@ def _concurrent_summary(results: list[CaseResult]) -> dict[str, Any] | None:
     runs: dict[str, dict[str, Any]] = {}
     cases = []
     for result in results:
-        seen = result.settings.get("concurrent_runs") or []
+        seen = result.measurement.concurrent_runs or []
         if seen:
             cases.append(result.case_id)
         for run in seen:

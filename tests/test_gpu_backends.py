@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -172,12 +171,12 @@ def test_timed_step_records_events_around_the_run_before_the_sync() -> None:
 def test_record_device_timing_uses_the_timed_rounds_only() -> None:
     """Warmup calls come first in the timer; the last len(host) device times are the timed ones."""
     warmup, timed = [9e-3] * 5, [0.1e-3, 0.1e-3, 0.3e-3]
-    settings: dict[str, Any] = {"copies_timed": False}
-    record_device_timing(settings, RecordedTimer(warmup + timed), [1e-3, 1e-3, 1e-3])  # type: ignore[arg-type]
-    assert settings["device_time"]["rounds"] == 3
-    assert settings["device_time"]["p50_ms"] == pytest.approx(0.1)
-    assert settings["host_p50_ms"] == pytest.approx(1.0)
-    assert settings["gpu_bound_by"] == "launch overhead" and settings["device_share"] == pytest.approx(0.1)
+    timing = record_device_timing(RecordedTimer(warmup + timed), [1e-3, 1e-3, 1e-3], False)  # type: ignore[arg-type]
+    assert timing is not None
+    assert timing.device_time["rounds"] == 3
+    assert timing.device_time["p50_ms"] == pytest.approx(0.1)
+    assert timing.host_p50_ms == pytest.approx(1.0)
+    assert timing.gpu_bound_by == "launch overhead" and timing.device_share == pytest.approx(0.1)
 
 
 def test_copies_timed_is_an_explicit_setting(monkeypatch: pytest.MonkeyPatch) -> None:
