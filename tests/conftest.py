@@ -78,9 +78,22 @@ def private_run_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     return folder
 
 
+@pytest.fixture(autouse=True)
+def inner_runs_outside_xdist(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test's own pytest runs are not xdist workers, even when the test runs on one.
+
+    pytest-xdist exports ``PYTEST_XDIST_WORKER`` (and its siblings) to the worker's environment,
+    which a pytester run inherits, in process or in a subprocess; pytest-benchmark reads it and
+    disables timing, so every case of the inner run would go untimed and the gates unjudged.
+    """
+    for name in [name for name in os.environ if name.startswith("PYTEST_XDIST_")]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One artifact cache for the whole test run (tiny models train once)."""
+    """One artifact cache for the whole test run (tiny models train once), one per xdist worker:
+    concurrent runs on one cache are perfgate's own business, tested where a test means it."""
     return Path(os.environ.get("PERFGATE_TEST_CACHE") or tmp_path_factory.mktemp("perfgate-cache"))
 
 

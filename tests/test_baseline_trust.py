@@ -69,14 +69,14 @@ def test_a_newer_file_beside_the_baseline_is_never_compared(
 @pytest.mark.parametrize("untimed", [["-n", "2"], ["--benchmark-disable"]])
 def test_compare_without_timings_is_a_usage_error(perf_project: pytest.Pytester, untimed: list[str]) -> None:
     """Item 2: --benchmark-compare under xdist or --benchmark-disable judged nothing and passed."""
-    result = perf_project.runpytest_subprocess("perf", "--benchmark-compare", *untimed)
+    result = perf_project.runpytest("perf", "--benchmark-compare", *untimed)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--benchmark-compare needs timings*judge nothing*"])
 
 
 def test_storage_inside_the_baselines_folder_is_refused(perf_project: pytest.Pytester) -> None:
     """Item 1: pytest-benchmark's storage may not point into baselines/, where its saves would land."""
-    result = perf_project.runpytest_subprocess("perf", "--benchmark-storage=file://baselines/test-runner")
+    result = perf_project.runpytest("perf", "--benchmark-storage=file://baselines/test-runner")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--benchmark-storage*points into perfgate's baselines folder*"])
 
@@ -241,7 +241,7 @@ def test_a_bad_value_stops_compare_and_leaves_the_file(
     path = baseline_file(perf_project)
     text = path.read_text().replace('"data": [', '"data": [NaN, ', 1)
     path.write_text(text)
-    result = perf_project.runpytest_subprocess("perf", "-k", "fp32 and torch", "--benchmark-compare")
+    result = perf_project.runpytest("perf", "-k", "fp32 and torch", "--benchmark-compare")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*baseline {path}: case {FP32_TORCH}: a raw sample is nan*"])
     assert path.read_text() == text
@@ -403,10 +403,7 @@ def test_calibrating_on_the_eval_set_needs_the_opt_in(perf_project: pytest.Pytes
             "",
         )
     )
-    # In a subprocess: ONNX Runtime's quantization tool cannot be imported twice in one process.
-    result = perf_project.runpytest_subprocess(
-        "perf", "-k", "int8_static and onnxruntime", "--perf-report", "out"
-    )
+    result = perf_project.runpytest("perf", "-k", "int8_static and onnxruntime", "--perf-report", "out")
     if not opt_in:
         result.assert_outcomes(failed=1)
         result.stdout.fnmatch_lines(

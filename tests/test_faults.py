@@ -1,8 +1,10 @@
 """One broken case never costs the others: timeouts, crash isolation, the run journal, bad paths.
 
-Each test runs a real matrix through pytester in a subprocess (a crash must not take the test
-run down): a well-behaved tiny MLP beside one from ``tests/fault_models.py`` that hangs, exits
-or segfaults in the middle of its timing, as a buggy backend would.
+Each test runs a real matrix through pytester: a well-behaved tiny MLP beside one from
+``tests/fault_models.py`` that hangs, exits or segfaults in the middle of its timing, as a buggy
+backend would. A run that can hang or crash goes to a subprocess, so that a regression fails its
+test instead of taking the test run down; the others run in process (a subprocess costs seconds
+of imports).
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def test_without_isolation_a_crash_loses_only_its_case(fault_project, tmp_path: 
     assert not any(e["event"] == "finished" for e in journal)
     assert [e["step"] for e in journal if e["event"] == "step"][-1] == "timing"
     # The next run names the lost case, its step, and where the finished one is.
-    again = project.runpytest_subprocess("perf", "-k", "good", "--perf-report", "out", timeout=240)
+    again = project.runpytest("perf", "-k", "good", "--perf-report", "out")
     again.stdout.fnmatch_lines(
         [
             "*ended without finishing, while case zbad-fp32-torch_cpu-b1 was running (step: timing)*1 finished case(s)*"
@@ -183,7 +185,7 @@ def test_a_conversion_failure_is_one_line_with_the_fix(perf_project: pytest.Pyte
     matrix.write_text(
         matrix.read_text().replace('factory = "tiny_models:tiny_mlp"', 'factory = "fault_models:fft_mlp"')
     )
-    result = perf_project.runpytest_subprocess("perf", "-k", "fp32", "--perf-report", "out", timeout=240)
+    result = perf_project.runpytest("perf", "-k", "fp32", "--perf-report", "out")
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
     result.stdout.fnmatch_lines(
@@ -263,8 +265,9 @@ def test_concurrent_runs_are_detected_and_kept_out_of_the_baseline(perf_project:
 def test_isolated_timings_reach_pytest_benchmark(fault_project) -> None:
     """The child's samples are what pytest-benchmark's table and --benchmark-json show."""
     project = fault_project("tiny_mlp")
-    result = project.runpytest_subprocess(
-        "perf", "--perf-isolate", "--perf-report", "out", "--benchmark-json", "bench.json", timeout=240
+    # In process: the model is well-behaved, and the child is a fresh process anyway.
+    result = project.runpytest(
+        "perf", "--perf-isolate", "--perf-report", "out", "--benchmark-json", "bench.json"
     )
     result.assert_outcomes(passed=2)
     bench = json.loads((project.path / "bench.json").read_text())

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 
+from perfgate.results import load_results
 
-def test_runs_every_case_and_reports(perf_project: pytest.Pytester) -> None:
-    """Every combination runs, passes its gates, and lands in results.json with its figures."""
-    result = perf_project.runpytest("perf", "--perf-report", "out")
+
+def _cases(project: pytest.Pytester, folder: str) -> dict[str, dict]:
+    document = json.loads((project.path / folder / "results.json").read_text())
+    return {case["case_id"]: case for case in document["cases"]}
+
+
+def test_runs_every_case_reports_it_and_reuses_the_cache(perf_project: pytest.Pytester) -> None:
+    """Every combination runs, passes its gates, and lands in results.json with its figures; -v
+    shows each case's place in the matrix; a second run takes weights and exported models from
+    the artifact cache. One run of the whole tiny matrix serves every check: each costs seconds."""
+    result = perf_project.runpytest("perf", "-v", "--perf-report", "out")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*model tiny_mlp*", "*tiny_mlp-fp32-onnxruntime_cpu-b1*"])
-    document = json.loads((perf_project.path / "out" / "results.json").read_text())
-    cases = {c["case_id"]: c for c in document["cases"]}
+    result.stdout.fnmatch_lines(
+        ["*perfgate: [[]1/4] tiny_mlp-*-b1: building*", "*perfgate: [[]4/4] tiny_mlp-*-b1: timing*"]
+    )
+    out = perf_project.path / "out"
+    plots = {"pareto-tiny_mlp.png"} if importlib.util.find_spec("matplotlib") else set()
+    assert {p.name for p in out.iterdir()} >= {"results.json", "report.md", *plots}
+    cases = _cases(perf_project, "out")
     assert sorted(cases) == [
         "tiny_mlp-fp32-onnxruntime_cpu-b1",
         "tiny_mlp-fp32-torch_cpu-b1",
@@ -24,7 +39,17 @@ def test_runs_every_case_and_reports(perf_project: pytest.Pytester) -> None:
         assert case["latency"]["p50_ms"] > 0 and case["latency"]["rounds"] >= 30
         assert len(case["samples_s"]) == case["latency"]["rounds"]
         assert case["accuracy"]["metric"] >= 0.95
-    assert (perf_project.path / "out" / "report.md").read_text().startswith("# perfgate report")
+    loaded = load_results(out / "results.json")
+    assert len(loaded.cases) == 4 and loaded.runner == "test-runner"
+    assert loaded.meta["machine"]["cpu_cores"] >= 1
+    assert (out / "report.md").read_text().startswith("# perfgate report: runner `test-runner`")
+
+    warm = perf_project.runpytest("perf", "-k", "onnxruntime", "--perf-report", "warm")
+    warm.assert_outcomes(passed=2)
+    cases = _cases(perf_project, "warm")
+    assert sorted(cases) == ["tiny_mlp-fp32-onnxruntime_cpu-b1", "tiny_mlp-int8_dynamic-onnxruntime_cpu-b1"]
+    assert all(c["build_cached"] for c in cases.values())
+    assert all(c["build_s"] > 0 for c in cases.values())  # the original conversion cost is still reported
 
 
 def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
@@ -67,21 +92,6 @@ def pytest_perfgate_register(backends, techniques, metrics):
 '''
 
 
-def test_an_accuracy_drop_fails_the_case_with_its_figures(perf_project: pytest.Pytester) -> None:
-    """A technique that really damages the model fails its gate; the message gives values and limits."""
-    perf_project.makeconftest(NOISY_TECHNIQUE_CONFTEST)
-    matrix = perf_project.path / "perf" / "matrix.toml"
-    matrix.write_text(matrix.read_text() + "\n[techniques.noisy]\n")
-    result = perf_project.runpytest("perf", "-k", "noisy and torch_cpu")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*tiny_mlp-noisy-torch_cpu-b1: accuracy gate failed*",
-            "*task_metric: top1 0.* vs reference 1.0000 (higher is better): falls below the required 0.9900 (99.00% of the reference)*",
-        ]
-    )
-
-
 def test_nan_outputs_fail_and_the_session_goes_on(perf_project: pytest.Pytester) -> None:
     """One broken model fails its own cases only; the others still run and pass."""
     matrix = perf_project.path / "perf" / "matrix.toml"
@@ -116,12 +126,22 @@ def test_refresh_then_compare_twice_on_unchanged_code(perf_project: pytest.Pytes
         compared.assert_outcomes(passed=2)
 
 
-def test_refresh_never_stores_a_case_that_failed_accuracy(perf_project: pytest.Pytester) -> None:
+def test_an_accuracy_drop_fails_the_case_with_its_figures_and_is_never_stored(
+    perf_project: pytest.Pytester,
+) -> None:
+    """A technique that really damages the model fails its gate; the message gives values and
+    limits, and a refresh stores the passing case only."""
     perf_project.makeconftest(NOISY_TECHNIQUE_CONFTEST)
     matrix = perf_project.path / "perf" / "matrix.toml"
     matrix.write_text(matrix.read_text() + "\n[techniques.noisy]\n")
     result = perf_project.runpytest("perf", "-k", "torch_cpu and (noisy or fp32)", "--perf-refresh-baselines")
     result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*tiny_mlp-noisy-torch_cpu-b1: accuracy gate failed*",
+            "*task_metric: top1 0.* vs reference 1.0000 (higher is better): falls below the required 0.9900 (99.00% of the reference)*",
+        ]
+    )
     result.stdout.fnmatch_lines(["*kept-out  tiny_mlp-noisy-torch_cpu-b1*failed its accuracy gate*"])
     data = json.loads((perf_project.path / "baselines" / "test-runner" / "0001_baseline.json").read_text())
     assert list(data["perfgate"]["cases"]) == ["tiny_mlp-fp32-torch_cpu-b1"]
@@ -182,12 +202,3 @@ def test_accuracy_gates_alone_in_parallel(perf_project: pytest.Pytester) -> None
     result.assert_outcomes(passed=4)
     cases = json.loads((perf_project.path / "out" / "results.json").read_text())["cases"]
     assert len(cases) == 4 and all(c["latency"] is None and c["accuracy"]["metric"] > 0.95 for c in cases)
-
-
-def test_warm_run_reuses_the_cache(perf_project: pytest.Pytester) -> None:
-    """Weights and exported models come from the artifact cache on the second run."""
-    perf_project.runpytest("perf", "-k", "onnxruntime", "--perf-report", "a").assert_outcomes(passed=2)
-    perf_project.runpytest("perf", "-k", "onnxruntime", "--perf-report", "b").assert_outcomes(passed=2)
-    cases = json.loads((perf_project.path / "b" / "results.json").read_text())["cases"]
-    assert all(c["build_cached"] for c in cases)
-    assert all(c["build_s"] > 0 for c in cases)  # the original conversion cost is still reported

@@ -557,22 +557,8 @@ def test_write_report_draws_a_plot_per_model(tmp_path: Path) -> None:
 
 
 # ---- end to end -------------------------------------------------------------------------------
-
-
-def test_perf_report_end_to_end_with_progress(perf_project: pytest.Pytester) -> None:
-    """A real run writes the three files, and -v shows each case's place in the matrix."""
-    pytest.importorskip("matplotlib")
-    result = perf_project.runpytest("perf", "-v", "--perf-report", "out")
-    result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(
-        ["*perfgate: [[]1/4] tiny_mlp-*-b1: building*", "*perfgate: [[]4/4] tiny_mlp-*-b1: timing*"]
-    )
-    out = perf_project.path / "out"
-    assert {p.name for p in out.iterdir()} >= {"results.json", "report.md", "pareto-tiny_mlp.png"}
-    document = load_results(out / "results.json")
-    assert len(document.cases) == 4 and document.runner == "test-runner"
-    assert document.meta["machine"]["cpu_cores"] >= 1
-    assert (out / "report.md").read_text().startswith("# perfgate report: runner `test-runner`")
+# test_plugin_e2e.py runs the whole tiny matrix once with -v and --perf-report and checks the
+# three files and the progress lines there: one run for every check, each run costs seconds.
 
 
 def test_matrix_progress_numbers_the_selected_cases() -> None:
