@@ -25,6 +25,46 @@ def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
 METRICS.register("top1", top1)
 
 
+def _targets(outputs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A regressor's predictions (``(N,)`` or ``(N, 1)``) and its float targets, both float64 ``(N,)``."""
+    predicted = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    if predicted.shape[1] != 1:
+        raise MetricError(
+            f"a regression metric needs one output per row, got outputs of shape {outputs.shape}: "
+            "use top1 or your own metric for a classifier"
+        )
+    return predicted[:, 0], np.asarray(labels, dtype=np.float64).reshape(-1)
+
+
+def mae(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean absolute error of a regressor's predictions; lower is better."""
+    predicted, target = _targets(outputs, labels)
+    return float(np.mean(np.abs(predicted - target)))
+
+
+def mse(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean squared error of a regressor's predictions; lower is better."""
+    predicted, target = _targets(outputs, labels)
+    return float(np.mean((predicted - target) ** 2))
+
+
+def r2(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """The coefficient of determination R² (1 - residual / total sum of squares); higher is better."""
+    predicted, target = _targets(outputs, labels)
+    total = float(np.sum((target - target.mean()) ** 2))
+    if total == 0:
+        raise MetricError("r2 is undefined on constant targets: use mae or mse")
+    return 1.0 - float(np.sum((target - predicted) ** 2)) / total
+
+
+METRICS.register("mae", mae)
+METRICS.register("mse", mse)
+METRICS.register("r2", r2)
+# Which way each registered metric is better: a model naming one needs no metric_direction, and
+# one that contradicts it is refused when the matrix loads (a "higher" MAE would pass every regression).
+METRIC_DIRECTIONS = {"top1": "higher", "mae": "lower", "mse": "lower", "r2": "higher"}
+
+
 class MetricError(ValueError):
     """A task metric returned something other than one finite number."""
 

@@ -27,6 +27,7 @@ from perfgate.guard import CaseGuard
 from perfgate.hardware import detect
 from perfgate.matrix import Case
 from perfgate.memory import PeakMemory, gpu_peak_memory
+from perfgate.model_kinds import MODEL_KINDS
 from perfgate.models import LoadedModel
 from perfgate.reference_workload import measure_reference
 from perfgate.results import CaseResult, Measurement
@@ -130,6 +131,7 @@ class CaseRun:
             run_settings=self._run_settings(),  # a compiler (inductor) bakes the thread count in
             export_tolerance=self._export_tolerance(),
             calibration=self.case.calibration,
+            model_kind=model.kind,
         )
         self.session.progress(f"{self.case.id}: building")
         with self.guard.step("building"):
@@ -171,11 +173,9 @@ class CaseRun:
     def _measure_effect(self) -> Effect:
         """What the lowering changed: the backend's op counts, and the artifact's size against FP32's."""
         assert self.artifact is not None and self.model is not None
-        from perfgate.backends.torch_eager import serialized_size
-
         # The untransformed model's weights: what the FP32 case ships, whatever the backend (the
         # export of a pruned or fake-quant model is the variant's own size, not FP32's).
-        float_bytes = serialized_size(self.model.module)
+        float_bytes = MODEL_KINDS[self.model.kind].weight_bytes(self.model.module)
         counts = self.backend.inspect(self.artifact) if self.technique.lowering != "none" else {}
         if counts:
             self.result.measurement.op_counts = counts

@@ -31,6 +31,7 @@ else:
 from perfgate.backends import BACKENDS
 from perfgate.calibration import Calibration
 from perfgate.gates import AccuracyPolicy, RegressionPolicy
+from perfgate.model_kinds import MODEL_KINDS, TORCH
 from perfgate.registry import UnknownEntryError
 from perfgate.techniques import TECHNIQUES
 from perfgate.timing import TimingPolicy
@@ -66,6 +67,7 @@ MODEL_KEYS = {
     "backends",
     "exclude",
     "exclude_reason",
+    "kind",
 }
 EXPORT_TOLERANCE_KEYS = {"atol", "rtol"}
 METRIC_DIRECTIONS = ("higher", "lower")
@@ -107,6 +109,8 @@ class ModelSpec:
     # ``[models.X] exclude``: backend or technique names (fnmatch patterns) the model never runs on.
     exclude: tuple[str, ...] = ()
     exclude_reason: str | None = None
+    # What the factory returns (perfgate.model_kinds): a torch module, or a classical estimator.
+    kind: str = TORCH
 
     def excludes(self, technique: str, backend: str) -> str | None:
         """Why this model never runs ``technique`` on ``backend``, or ``None`` when it does."""
@@ -367,11 +371,24 @@ def _model_spec(name: str, table: Any, path: Path) -> ModelSpec:
     metric = table.get("metric")
     if metric is not None:
         _metric(where, metric, path)
-    direction = table.get("metric_direction", "higher")
+    kind = table.get("kind", TORCH)
+    if kind not in MODEL_KINDS:
+        kinds = "; ".join(f'"{k}" ({v.returns})' for k, v in MODEL_KINDS.items())
+        _fail(path, f"{where} kind = {show(kind)}: the factory's kind of model is one of {kinds}")
+    from perfgate.accuracy import METRIC_DIRECTIONS as KNOWN_DIRECTIONS
+
+    known = KNOWN_DIRECTIONS.get(metric) if isinstance(metric, str) else None
+    direction = table.get("metric_direction", known or "higher")
     if direction not in METRIC_DIRECTIONS:
         raise MatrixError(
             f'{path}: [models.{name}] metric_direction = {direction!r}; use "higher" (accuracy, R²) '
             'or "lower" (a loss or an error such as MSE)'
+        )
+    if known is not None and direction != known:
+        _fail(
+            path,
+            f'{where} metric_direction = "{direction}" contradicts metric {metric}, for which {known} is '
+            "better: remove metric_direction (a registered metric knows its direction)",
         )
     tolerance = _check_keys(
         f"[models.{name}] export_tolerance", table.get("export_tolerance", {}), EXPORT_TOLERANCE_KEYS, path
@@ -428,6 +445,7 @@ def _model_spec(name: str, table: Any, path: Path) -> ModelSpec:
         backends=backends,
         exclude=exclude,
         exclude_reason=reason,
+        kind=kind,
     )
 
 
@@ -574,8 +592,14 @@ def _policies(
     return accuracy, regression, timing
 
 
-def _inherent_exclusion(technique: Any, backend: Any, tech_name: str, backend_name: str) -> str | None:
-    """Why a technique cannot exist on a backend at all, or ``None``."""
+def _inherent_exclusion(
+    technique: Any, backend: Any, tech_name: str, backend_name: str, kind: str
+) -> str | None:
+    """Why a technique cannot exist on a backend, or for a model of this ``kind``, at all; or ``None``."""
+    if kind not in backend.model_kinds:
+        return f"{backend_name} runs no {kind} model (it runs {_kinds(backend.model_kinds)})"
+    if kind not in technique.model_kinds:
+        return f"{tech_name} applies to no {kind} model (only to {_kinds(technique.model_kinds)})"
     if backend.device not in technique.devices:
         return f"{tech_name} does not exist on {backend.device}"
     if technique.runtimes is not None and backend.marker not in technique.runtimes:
@@ -583,6 +607,10 @@ def _inherent_exclusion(technique: Any, backend: Any, tech_name: str, backend_na
     if not backend.supports(technique.lowering):
         return f"{backend_name} has no {technique.lowering!r} lowering for {tech_name}"
     return None
+
+
+def _kinds(kinds: frozenset[str]) -> str:
+    return " and ".join(f"{kind} models" for kind in sorted(kinds))
 
 
 def _generate(matrix: Matrix, profile_name: str | None) -> None:
@@ -635,14 +663,16 @@ def _generate(matrix: Matrix, profile_name: str | None) -> None:
                 combo = f"{model.name}-{tech_name}-{backend_name}"
                 selected = all(a not in wanted or n in wanted[a] for a, n in
                                (("models", model.name), ("techniques", tech_name), ("backends", backend_name)))  # fmt: skip
-                reason = _inherent_exclusion(technique, backend, tech_name, backend_name)
+                reason = _inherent_exclusion(technique, backend, tech_name, backend_name, model.kind)
                 reason = reason or model.excludes(tech_name, backend_name)
                 if reason:
                     reasons.append(f"{combo}: {reason}")
                     if selected:
                         matrix.excluded.append(Excluded(combo, reason))
                     continue
-                batches = tech_table.get("batch_sizes") or model_table.get("batch_sizes") or global_batches
+                # A model's batch sizes win over a technique's: a classical model's regime is
+                # throughput at batch sizes no torch model of the file shares.
+                batches = model_table.get("batch_sizes") or tech_table.get("batch_sizes") or global_batches
                 for batch in batches:
                     case_id = f"{combo}-b{batch}"
                     every_id.append(case_id)
@@ -658,7 +688,8 @@ def _generate(matrix: Matrix, profile_name: str | None) -> None:
                     if not selected or ("batch_sizes" in profile and batch not in profile["batch_sizes"]):
                         continue
                     markers = ["cpu" if backend.device == "cpu" else "gpu", backend.marker]
-                    markers += [*backend.extra_markers, *model.markers]
+                    kind_marker = MODEL_KINDS[model.kind].marker
+                    markers += [*backend.extra_markers, *model.markers, *([kind_marker] if kind_marker else [])]
                     markers += [technique.family] if technique.family else []
                     markers += [*tech_table.get("markers", []), *backend_table.get("markers", [])]
                     matrix.cases.append(

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from perfgate.cache import ArtifactCache
 from perfgate.data import ModelData
+from perfgate.model_kinds import MODEL_KINDS, TORCH
 
 
 @dataclass(frozen=True)
@@ -26,25 +22,17 @@ class ModelContext:
     progress: Callable[[str], None]
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of a module's class source, structure and every parameter and buffer."""
-    digest = hashlib.sha256()
-    digest.update(type(model).__qualname__.encode())
-    # Classes built at run time have no source; their repr and weights still count.
-    with contextlib.suppress(OSError, TypeError):
-        digest.update(inspect.getsource(type(model)).encode())
-    digest.update(repr(model).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:20]
+def model_fingerprint(model: Any) -> str:
+    """A hash of a torch module's class source, structure and every parameter and buffer."""
+    return MODEL_KINDS[TORCH].fingerprint(model)
 
 
 @dataclass
 class LoadedModel:
-    """A model ready for cases: the FP32 module, its data, and its fingerprint."""
+    """A model ready for cases: the FP32 model as its factory returned it, its data, its fingerprint."""
 
     name: str
-    module: torch.nn.Module
+    module: Any  # a torch.nn.Module in eval mode, or a fitted estimator (``kind``)
     data: ModelData
     key: str
+    kind: str = TORCH  # perfgate.model_kinds

@@ -24,12 +24,24 @@ from perfgate.units import human_bytes
 COLUMNS = ("case", "p50 ms", "p99 ms", "thr/s", "acc", "Δacc", "size", "speedup", "pareto", "verdict")
 
 
-def reference() -> tuple[str, str]:
-    """The technique and backend the speedup column is over, from their registries (``fp32``, ``torch_cpu``)."""
+def reference() -> tuple[str, tuple[str, ...]]:
+    """The technique and the backends the speedup column is over, from the registries: ``fp32``, and
+    each model kind's reference backend (``torch_cpu``, ``sklearn``; perfgate.model_kinds)."""
     from perfgate.backends import reference_backend
+    from perfgate.model_kinds import MODEL_KINDS
     from perfgate.techniques import reference_technique
 
-    return reference_technique(), reference_backend()
+    return reference_technique(), tuple(dict.fromkeys(reference_backend(kind) for kind in MODEL_KINDS))
+
+
+def reference_words() -> str:
+    """``fp32 on torch_cpu (sklearn for classical models)``: what the speedup is over, in words."""
+    from perfgate.backends import reference_backend
+    from perfgate.model_kinds import MODEL_KINDS, TORCH
+
+    technique, _ = reference()
+    others = [f"{reference_backend(kind)} for {kind} models" for kind in MODEL_KINDS if kind != TORCH]
+    return f"{technique} on {reference_backend(TORCH)}" + (f" ({'; '.join(others)})" if others else "")
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -97,8 +109,12 @@ def model_rows(results: Sequence[CaseResult]) -> dict[str, list[dict[str, Any]]]
 
 
 def _rows(group: Sequence[CaseResult], score: Score) -> list[dict[str, Any]]:
-    over = reference()
-    p50s = {r.batch_size: r.latency.p50_ms for r in group if (r.technique, r.backend) == over and r.latency}
+    technique, backends = reference()  # one model's group holds its own kind's reference backend only
+    p50s = {
+        r.batch_size: r.latency.p50_ms
+        for r in group
+        if r.technique == technique and r.backend in backends and r.latency
+    }
     front = score.front(group)
     rows = []
     for r in group:
@@ -188,9 +204,8 @@ def terminal_lines(results: Sequence[CaseResult]) -> list[str]:
         ]
     if low_confidence:
         lines.append("~ p99 from too few samples to be trusted (fewer than 10 beyond it)")
-    technique, backend = reference()
     lines.append(
-        f"speedup: p50 of {technique} on {backend} at the same batch size / p50 of the case; * Pareto-optimal; "
+        f"speedup: p50 of {reference_words()} at the same batch size / p50 of the case; * Pareto-optimal; "
         "Δ: the case's metric - the FP32 reference's"
     )
     return lines
@@ -695,9 +710,8 @@ BEST_COLUMNS = ("model", "runner", "threads", "fastest passing", "p50 ms", "most
 
 def legend() -> str:
     """The line under the model tables: what speedup, Δ, **yes** and ~ mean."""
-    technique, backend = reference()
     return (
-        f"speedup is over {technique} on {backend} at the same batch size and runner; Δ is the case's metric "
+        f"speedup is over {reference_words()} at the same batch size and runner; Δ is the case's metric "
         "minus the FP32 reference's; **yes** marks the Pareto frontier (no other case of the model is both "
         "faster and better on its metric, in that metric's direction); ~ marks a p99 from too few samples."
     )

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from perfgate.accuracy import resolve_metric
 from perfgate.backends import BACKENDS, BuildRequest, RunSettings, predict, reference_backend
@@ -17,7 +16,8 @@ from perfgate.cache import ArtifactCache
 from perfgate.data import ModelData
 from perfgate.hardware import Hardware
 from perfgate.matrix import Matrix, ModelSpec
-from perfgate.models import LoadedModel, ModelContext, model_fingerprint
+from perfgate.model_kinds import MODEL_KINDS
+from perfgate.models import LoadedModel, ModelContext
 from perfgate.registry import import_object
 
 STEPS = ("building", "timing")  # execution.py reports each case's steps as "<case id>: <step>"
@@ -94,20 +94,26 @@ class PerfgateSession:
             data = dataclasses.replace(data, calibrate_on_eval=True)
         ctx = ModelContext(spec.name, data, self.cache, spec.options, self.progress)
         try:
-            module = import_object(spec.factory)(ctx)
+            model = import_object(spec.factory)(ctx)
         except Exception as exc:
             raise ModelLoadError(f"{where}: factory {spec.factory} failed: {exc!r}") from exc
-        if not isinstance(module, torch.nn.Module):
+        kind = MODEL_KINDS[spec.kind]
+        if not kind.accepts(model):
+            other = [k for k in MODEL_KINDS.values() if k is not kind and k.accepts(model)]
+            fix = f'; if it is meant to be one, set kind = "{other[0].name}" in [models.{spec.name}]' if other else ""
             raise ModelLoadError(
-                f"{where}: {spec.factory} returned {type(module).__name__}, not torch.nn.Module"
+                f"{where}: {spec.factory} returned {type(model).__name__}, not {kind.returns}"
+                f" (kind = {spec.kind!r}){fix}"
             )
-        module.eval()
-        return LoadedModel(spec.name, module, data, model_fingerprint(module))
+        if hasattr(model, "eval") and kind.name == "torch":
+            model.eval()
+        return LoadedModel(spec.name, model, data, kind.fingerprint(model), kind=spec.kind)
 
     def reference_outputs(self, model: LoadedModel) -> np.ndarray:
-        """FP32 PyTorch eager outputs on the whole eval set: what every variant is judged against."""
+        """The reference backend's FP32 outputs on the whole eval set (torch eager for a torch model, the
+        estimator's own prediction for a classical one): what every variant is judged against."""
         if model.name not in self._references:
-            backend = BACKENDS.get(reference_backend())
+            backend = BACKENDS.get(reference_backend(model.kind))
             request = BuildRequest(
                 case_id=f"{model.name}-reference",
                 model=model.module,
@@ -117,6 +123,7 @@ class PerfgateSession:
                 data=model.data,
                 batch_size=len(model.data.eval_inputs),
                 cache=self.cache,
+                model_kind=model.kind,
             )
             session = backend.load(backend.build(request), request, RunSettings())
             try:

@@ -32,6 +32,7 @@ from perfgate.cache import ArtifactCache
 from perfgate.drift import Drift, baseline_drift
 from perfgate.guard import CaseError, CaseTimeout
 from perfgate.matrix import ALL_PROFILES, MatrixError, load_matrix
+from perfgate.model_kinds import MODEL_KINDS
 from perfgate.passes import PASS_RESULT, forget
 from perfgate.plugin import matrix_path, option, rooted
 from perfgate.report import regression_lines, terminal_lines, write_report
@@ -74,6 +75,7 @@ MARKERS = {
     "gpu": "perfgate case that runs on a CUDA GPU",
     "slow": "full-size-shape models, left out of a perfgate run that selects no markers",
     **FAMILIES,
+    **{kind.marker: f"perfgate cases of {kind.returns}" for kind in MODEL_KINDS.values() if kind.marker},
 }
 REGISTERED = pytest.StashKey[set[str]]()
 PERF_ITEMS = pytest.StashKey[int]()  # perf cases collected, before -m deselected any

@@ -605,7 +605,7 @@ def test_a_module_that_fails_at_import_shows_its_own_last_line(tmp_path: Path) -
     [
         (
             '"top5"',
-            '[models.m] metric = "top5": not a registered metric (top1) nor a "package.module:function" path',
+            '[models.m] metric = "top5": not a registered metric (top1, mae, mse, r2) nor a "package.module:function" path',
         ),
         ('"tiny_models:msee"', "[models.m] metric = \"tiny_models:msee\": module 'tiny_models' ("),
         ("3", "[models.m] metric = 3: not a registered metric"),

@@ -5,6 +5,7 @@ from the ``pytest_perfgate_register`` hook.
 """
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings, Session, predict
+from perfgate.model_kinds import MODEL_KINDS, TORCH
 from perfgate.registry import Registry
 
 BACKENDS: Registry[Backend] = Registry("backend")
@@ -26,14 +27,24 @@ BACKENDS.register("torch_cuda_graphs", "perfgate.backends.torch_cuda:TORCH_CUDA_
 BACKENDS.register("onnxruntime_cuda", "perfgate.backends.onnxruntime_gpu:ONNXRUNTIME_CUDA")
 BACKENDS.register("onnxruntime_tensorrt", "perfgate.backends.onnxruntime_gpu:ONNXRUNTIME_TENSORRT")
 BACKENDS.register("tensorrt", "perfgate.backends.tensorrt:TENSORRT")
+BACKENDS.register("sklearn", "perfgate.backends.sklearn:SKLEARN")
 
 
-def reference_backend() -> str:
-    """The backend every variant's outputs and speedup are measured against: the one registered
-    with ``reference=True`` (``torch_cpu``). Knowing it imports no backend module."""
+def reference_backend(kind: str = TORCH) -> str:
+    """The backend a model's variants are judged and sped up against: for a torch model the one
+    registered with ``reference=True`` (``torch_cpu``), for another kind the one it names
+    (perfgate.model_kinds: ``sklearn`` for a classical estimator). Imports no backend module."""
+    named = MODEL_KINDS[kind].reference_backend
+    if named is not None:
+        return named
     if BACKENDS.reference is None:
         raise LookupError("no backend is registered with reference=True")
     return BACKENDS.reference
+
+
+def reference_backends() -> set[str]:
+    """Every kind's reference backend: in one model's group of cases, only its own kind's appears."""
+    return {reference_backend(kind) for kind in MODEL_KINDS}
 
 
 __all__ = [
@@ -45,4 +56,5 @@ __all__ = [
     "Session",
     "predict",
     "reference_backend",
+    "reference_backends",
 ]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol
 from perfgate.cache import ArtifactCache
 from perfgate.calibration import CALIBRATED_LOWERING, Calibration
 from perfgate.data import ModelData
+from perfgate.model_kinds import TORCH
 
 if TYPE_CHECKING:  # numpy is imported where arrays are made: importing the registry stays cheap
     import numpy as np
@@ -22,7 +23,9 @@ class BuildRequest:
     """Everything a backend needs to turn a (transformed) torch model into a runnable artifact."""
 
     case_id: str
-    model: Any  # torch.nn.Module in eval mode, after the technique's model transform
+    # A torch.nn.Module in eval mode after the technique's model transform, or for a classical
+    # model (``model_kind``) the fitted estimator (perfgate.model_kinds).
+    model: Any
     model_key: str  # hash of the model's architecture and weights
     lowering: str  # the numeric lowering the technique asks of the backend
     options: dict[str, Any]
@@ -38,6 +41,8 @@ class BuildRequest:
     # How an ``int8_static`` lowering calibrates, parsed from the technique's options when the
     # matrix loaded (perfgate.matrix); ``None`` for every other lowering.
     calibration: Calibration | None = None
+    # What ``model`` is: perfgate.model_kinds.TORCH or CLASSICAL.
+    model_kind: str = TORCH
 
     def require_calibration(self) -> Calibration:
         """The calibration of an ``int8_static`` lowering, for a backend about to calibrate.
@@ -101,6 +106,8 @@ class Backend:
     # one than the baseline's makes its verdicts incomparable. perfgate.hardware records their
     # versions with every result, and drift lists their changes, for every registered backend.
     libraries: ClassVar[tuple[str, ...]] = ()
+    # The kinds of model it runs (perfgate.model_kinds); a model of another kind never gets a case.
+    model_kinds: ClassVar[frozenset[str]] = frozenset({TORCH})
 
     def supports(self, lowering: str) -> bool:
         """Whether this backend can run a technique that asks for ``lowering``."""

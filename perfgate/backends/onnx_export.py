@@ -16,6 +16,7 @@ import torch
 
 from perfgate.backends.base import BuildRequest
 from perfgate.cache import CacheHit, stable_hash
+from perfgate.model_kinds import CLASSICAL
 
 OPSET = 17
 # A fake-quant (QAT) model exports to Q/DQ pairs. Its float ops differ from torch's by ~1e-7, and a
@@ -52,7 +53,15 @@ class ExportMismatchError(RuntimeError):
 
 
 def export_onnx(request: BuildRequest) -> CacheHit:
-    """Export the request's model to ONNX with a dynamic batch axis, cached and validated."""
+    """Export the request's model to ONNX with a dynamic batch axis, cached and validated.
+
+    A classical estimator (``request.model_kind``) is converted by skl2onnx/onnxmltools instead
+    (perfgate.backends.estimator_onnx), to the same names, so every ONNX backend runs either.
+    """
+    if request.model_kind == CLASSICAL:
+        from perfgate.backends.estimator_onnx import convert_estimator
+
+        return convert_estimator(request)
     tolerance = request.export_tolerance or ExportTolerance()
     key = stable_hash("onnx", request.model_key, OPSET, torch.__version__, asdict(tolerance))
 
@@ -120,15 +129,28 @@ def validate_export(
     :param inputs: the eval inputs both are run on.
     :param tolerance: the allowed difference; the default :class:`ExportTolerance` if ``None``.
     """
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(inputs)).float().numpy()
+    report = compare_export(reference, path, inputs, tolerance)
+    return {**report, "fake_quant": has_fake_quant(model)}
+
+
+def compare_export(
+    reference: np.ndarray, path: Path, inputs: np.ndarray, tolerance: ExportTolerance | None = None
+) -> dict[str, Any]:
+    """Run the ONNX graph at ``path`` with ONNX Runtime (no graph rewrites) and compare it with
+    ``reference``, the source model's outputs on the same ``inputs``.
+
+    :returns: the largest difference, the tolerance it is held to (``atol + rtol x`` the output
+        scale), the fraction of output values within it, and the top-1 agreement.
+    """
     import onnxruntime as ort
 
     tolerance = tolerance or ExportTolerance()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    exported = session.run(None, {INPUT_NAME: inputs})[0]
-    with torch.inference_mode():
-        reference = model(torch.from_numpy(inputs)).float().numpy()
+    exported = session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0]
     diff = np.abs(exported - reference)
     scale = float(np.max(np.abs(reference))) if reference.size else 0.0
     limit = tolerance.limit(scale)
@@ -139,21 +161,21 @@ def validate_export(
         "tolerance": limit,
         "atol": tolerance.atol,
         "rtol": tolerance.rtol,
-        "fake_quant": has_fake_quant(model),
         "exact_fraction": float(np.mean(diff <= limit)),
         "top1_agreement": float(np.mean(exported.argmax(-1) == reference.argmax(-1))),
     }
 
 
-def mismatch_message(case_id: str, report: dict[str, Any]) -> str:
+def mismatch_message(case_id: str, report: dict[str, Any], source: str = "torch") -> str:
     """Why an export failed its check: the tolerance used, and the likely cause for this size of difference.
 
     :param case_id: the case whose build exported the model.
-    :param report: what :func:`validate_export` returned.
+    :param report: what :func:`validate_export` (or :func:`compare_export`) returned.
+    :param source: what the export was compared with, as the message names it.
     """
     diff, scale = report["max_abs_diff"], report["output_scale"]
     head = (
-        f"{case_id}: the ONNX export differs from torch by max abs {diff:.3g} on the eval inputs "
+        f"{case_id}: the ONNX export differs from {source} by max abs {diff:.3g} on the eval inputs "
         f"(tolerance {report['atol']:g} + {report['rtol']:g} x output scale {scale:.4g} = {report['tolerance']:.3g})"
     )
     if scale > 0 and diff / scale < ROUNDING_RELATIVE:

@@ -11,6 +11,7 @@ import numpy as np
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
 from perfgate.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
+from perfgate.model_kinds import CLASSICAL, TORCH
 
 
 def quantize_dynamic_onnx(request: BuildRequest, fp32: Path) -> CacheHit:
@@ -238,9 +239,15 @@ class OnnxRuntimeCpuBackend(Backend):
     install_hint = "pip install 'perfgate[cpu]'"
     lowerings = frozenset(LOWERINGS)
     providers = ("CPUExecutionProvider",)
+    # A classical estimator's converted graph too (ai.onnx.ml operators included).
+    model_kinds = frozenset({TORCH, CLASSICAL})
 
     def build(self, request: BuildRequest) -> Artifact:
         steps = [export_onnx(request)]
+        if request.model_kind == CLASSICAL and request.lowering == "int8_dynamic":
+            from perfgate.backends.estimator_onnx import require_quantizable
+
+            require_quantizable(request, steps[0].path)
         lower = LOWERINGS[request.lowering]
         if lower is not None:
             steps.append(lower(request, steps[0].path))

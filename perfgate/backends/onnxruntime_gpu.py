@@ -33,6 +33,7 @@ from perfgate.backends.onnxruntime import OnnxRuntimeCpuBackend, OrtSession
 from perfgate.backends.torch_cuda import gpu_missing
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.cuda_timing import CudaEventTimer, copies_timed
+from perfgate.model_kinds import TORCH
 
 GPU_INSTALL_HINT = "pip install 'perfgate[gpu]' in an environment without onnxruntime (CPU)"
 
@@ -119,6 +120,8 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeCpuBackend):
     install_hint = GPU_INSTALL_HINT
     lowerings = frozenset({"none"})
     provider = "CUDAExecutionProvider"
+    # The CUDA provider has no ai.onnx.ml kernels: a tree ensemble would run on the CPU fallback.
+    model_kinds = frozenset({TORCH})
 
     def missing(self) -> str | None:
         reason = gpu_missing(self)

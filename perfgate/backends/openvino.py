@@ -47,6 +47,7 @@ from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings,
 from perfgate.backends.onnx_export import export_onnx
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.jsonio import dumps_stable
+from perfgate.model_kinds import CLASSICAL, TORCH
 
 # Lowering -> the inference precision it asks of the CPU plugin.
 PRECISIONS = {"none": "f32", "int8_static": "f32", "int8_qat": "f32", "fp16": "f16", "bf16": "bf16"}
@@ -302,6 +303,9 @@ class OpenVinoCpuBackend(Backend):
     requires = ("openvino", "onnx", "onnxruntime")  # the shared ONNX export is validated with ORT
     install_hint = "pip install 'perfgate[cpu]'"
     lowerings = frozenset(PRECISIONS)
+    # A classical estimator whose converted graph is standard ONNX (a scaled MLP); one with
+    # ai.onnx.ml operators (trees, linear models) is skipped at build, naming them.
+    model_kinds = frozenset({TORCH, CLASSICAL})
     sessions: ClassVar[dict[str, type]] = {
         "LATENCY": OpenVinoLatencySession,
         "THROUGHPUT": OpenVinoThroughputSession,
@@ -328,6 +332,10 @@ class OpenVinoCpuBackend(Backend):
         if request.lowering == "int8_static":
             _require_nncf(request.case_id)
         onnx = export_onnx(request)
+        if request.model_kind == CLASSICAL:
+            from perfgate.backends.estimator_onnx import require_standard_operators
+
+            require_standard_operators(request, onnx.path, self.name)
         ir, info = convert_ir(request, onnx.path)
         return Artifact(
             path=ir.path,

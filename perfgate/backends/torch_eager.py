@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,13 +11,12 @@ import numpy as np
 import torch
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
+from perfgate.model_kinds import MODEL_KINDS, TORCH
 
 
 def serialized_size(module: torch.nn.Module) -> int:
     """Bytes of the module's state dict as ``torch.save`` writes it."""
-    buffer = io.BytesIO()
-    torch.save(module.state_dict(), buffer)
-    return buffer.getbuffer().nbytes
+    return MODEL_KINDS[TORCH].weight_bytes(module)
 
 
 def in_memory_artifact(module: torch.nn.Module, payload: Any, build_s: float, **info: Any) -> Artifact:

@@ -10,6 +10,7 @@ from perfgate.cache import ArtifactCache
 from perfgate.calibration import CALIBRATED_LOWERING, CALIBRATION_RULE, Calibration
 from perfgate.data import ModelData
 from perfgate.hardware import Hardware
+from perfgate.model_kinds import CLASSICAL, TORCH
 from perfgate.validation import Rule, SettingError, boolean, check_table, integer
 
 # Options every technique takes: backends read them from the case's technique options
@@ -19,6 +20,10 @@ RUNTIME_OPTIONS: dict[str, Rule] = {
     "trt_min_batch": integer(1, hint="the TensorRT profile's smallest batch"),
     "trt_max_batch": integer(1, hint="the TensorRT profile's largest batch"),
 }
+
+
+# What a technique declares when it applies to a classical estimator as well as a torch model.
+EVERY_KIND = frozenset({TORCH, CLASSICAL})
 
 
 class NotApplicable(Exception):
@@ -58,6 +63,9 @@ class Technique:
     # Backend markers ("torch", "onnxruntime", ...) on which the technique means anything; ``None``
     # for all. A combination outside it is never generated (channels-last means nothing to ONNX).
     runtimes: frozenset[str] | None = None
+    # The kinds of model it applies to (perfgate.model_kinds): a torch-level transform or a lowering
+    # of torch layers means nothing to a tree ensemble, so that combination is never generated.
+    model_kinds: frozenset[str] = frozenset({TORCH})
     accuracy: dict[str, float | None] = field(default_factory=dict)
     # Whether the technique makes every weight narrower (INT8, FP16): a variant that is not smaller
     # than the FP32 model did not do what it says. Channel pruning and distillation shrink the

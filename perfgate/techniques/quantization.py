@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from perfgate.cache import stable_hash
-from perfgate.techniques.base import Technique, TransformContext
+from perfgate.techniques.base import EVERY_KIND, Technique, TransformContext
 from perfgate.validation import Rule, integer, number
 
 # MLPerf's rule (keep 99% of FP32 top-1) stays the gate. Agreement and SQNR are floors that a
@@ -33,6 +33,9 @@ INT8_DYNAMIC = Technique(
     description="INT8 weights, activations quantized at run time (torch.ao / onnxruntime.quantization)",
     lowering="int8_dynamic",
     family="quantized",
+    # A classical model's converted graph quantizes where it has MatMul/Gemm (an MLP, a linear
+    # model converted to them); a tree ensemble has none, and the technique-effect gate says so.
+    model_kinds=EVERY_KIND,
     accuracy=dict(INT8_ACCURACY),
     size_reducing=True,
 )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from perfgate.hardware import Hardware
-from perfgate.techniques.base import Technique, TransformContext
+from perfgate.techniques.base import EVERY_KIND, Technique, TransformContext
 
 # Exact up to float reassociation in the kernels: the same tolerances as a lossless conversion.
 LOSSLESS_ACCURACY: dict[str, float | None] = {
@@ -84,5 +84,8 @@ THREADS_TUNED = ThreadsTuned(
     description="intra-op threads = physical cores, inter-op = 1 (the matrix default is 1 thread)",
     lossless=True,
     devices=frozenset({"cpu"}),  # CPU thread pools; a GPU case's work is not on them
+    # A tree ensemble parallelizes over trees (one row) or rows (a batch): ONNX Runtime exposes no
+    # other setting of its TreeEnsemble kernel, so its threads are the tree-ensemble technique.
+    model_kinds=EVERY_KIND,
     accuracy=LOSSLESS_ACCURACY,
 )
