@@ -45,10 +45,13 @@ class CaseError(Exception):
 
 
 def error_line(exc: BaseException) -> str:
-    """The library's own error in one line: ``Type: first line of its message`` (300 chars at most)."""
+    """The error in one line: ``Type: first line of its message``; a library's cut to 300 chars,
+    perfgate's own whole (it names the file and ends with the fix, which a cut would lose)."""
     text = str(exc).strip()
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if type(exc).__module__.startswith("perfgate."):
+        return line
     return line if len(line) <= 300 else line[:297] + "..."
 
 

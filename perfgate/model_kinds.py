@@ -83,7 +83,14 @@ class ClassicalKind(ModelKind):
     def fingerprint(self, model: Any) -> str:
         """A hash of the pickled estimator: its class, hyper-parameters and fitted state."""
         digest = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
-        digest.update(pickle.dumps(model, protocol=5))
+        try:
+            digest.update(pickle.dumps(model, protocol=5))
+        except Exception as exc:  # a local class, a lambda in a FunctionTransformer...
+            raise ValueError(
+                f"the fitted {type(model).__name__} cannot be pickled ({type(exc).__name__}: {exc}), and "
+                "perfgate keys its cached conversions on the pickled estimator: define its classes and "
+                "functions at a module's top level"
+            ) from exc
         return digest.hexdigest()[:20]
 
     def weight_bytes(self, model: Any) -> int:

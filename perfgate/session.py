@@ -107,7 +107,11 @@ class PerfgateSession:
             )
         if hasattr(model, "eval") and kind.name == "torch":
             model.eval()
-        return LoadedModel(spec.name, model, data, kind.fingerprint(model), kind=spec.kind)
+        try:
+            key = kind.fingerprint(model)
+        except ValueError as exc:
+            raise ModelLoadError(f"{where}: {spec.factory}: {exc}") from exc
+        return LoadedModel(spec.name, model, data, key, kind=spec.kind)
 
     def reference_outputs(self, model: LoadedModel) -> np.ndarray:
         """The reference backend's FP32 outputs on the whole eval set (torch eager for a torch model, the
