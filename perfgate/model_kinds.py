@@ -107,4 +107,3 @@ MODEL_KINDS: dict[str, ModelKind] = {
         marker="classical",
     ),
 }
-

@@ -14,18 +14,18 @@ pytest.importorskip("skl2onnx", reason="the classical extra is not installed")
 pytest.importorskip("xgboost", reason="the classical extra is not installed")
 pytest.importorskip("lightgbm", reason="the classical extra is not installed")
 
-from conftest import TESTS  # noqa: E402
-from tiny_estimators import cancer, diabetes, tiny_lightgbm, tiny_logreg, tiny_regressor, tiny_xgboost  # noqa: E402
+from tiny_estimators import cancer, diabetes, tiny_lightgbm, tiny_logreg, tiny_regressor, tiny_xgboost
 
-from perfgate.accuracy import MetricError, mae, mse, r2  # noqa: E402
-from perfgate.backends import BACKENDS, BuildRequest, RunSettings, predict  # noqa: E402
-from perfgate.backends.estimator_onnx import ConversionError, predict_outputs  # noqa: E402
-from perfgate.backends.onnx_export import ExportMismatchError  # noqa: E402
-from perfgate.cache import ArtifactCache  # noqa: E402
-from perfgate.data import ModelData  # noqa: E402
-from perfgate.matrix import MatrixError, load_matrix  # noqa: E402
-from perfgate.model_kinds import CLASSICAL, MODEL_KINDS  # noqa: E402
-from perfgate.models import ModelContext  # noqa: E402
+from conftest import TESTS
+from perfgate.accuracy import MetricError, mae, mse, r2
+from perfgate.backends import BACKENDS, BuildRequest, RunSettings, predict
+from perfgate.backends.estimator_onnx import ConversionError, predict_outputs
+from perfgate.backends.onnx_export import ExportMismatchError
+from perfgate.cache import ArtifactCache
+from perfgate.data import ModelData
+from perfgate.matrix import MatrixError, load_matrix
+from perfgate.model_kinds import CLASSICAL, MODEL_KINDS
+from perfgate.models import ModelContext
 
 CLASSICAL_MATRIX = """
 pythonpath = ["{tests}"]
@@ -99,7 +99,9 @@ def request_for(tmp_path: Path, estimator: Any, data: ModelData, lowering: str =
     )
 
 
-def outputs_on(backend: str, request: BuildRequest, threads: int | None = 1) -> tuple[np.ndarray, dict[str, Any]]:
+def outputs_on(
+    backend: str, request: BuildRequest, threads: int | None = 1
+) -> tuple[np.ndarray, dict[str, Any]]:
     chosen = BACKENDS.get(backend)
     session = chosen.load(chosen.build(request), request, RunSettings(threads, threads))
     try:
@@ -142,14 +144,19 @@ def test_a_classical_model_gets_only_the_backends_and_techniques_that_run_it(tmp
     markers = {case.id: case.markers for case in matrix.cases}
     assert "classical" in markers["tiny_xgb-fp32-onnxruntime_cpu-b1"]
     assert "classical" not in markers["tiny_mlp-fp32-onnxruntime_cpu-b1"]
-    assert {case.model.metric_direction for case in matrix.cases if case.model.name == "tiny_reg"} == {"lower"}
+    assert {case.model.metric_direction for case in matrix.cases if case.model.name == "tiny_reg"} == {
+        "lower"
+    }
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
         (
-            ('kind = "classical"\nfactory = "tiny_estimators:tiny_xgboost"', 'kind = "sklearn"\nfactory = "tiny_estimators:tiny_xgboost"'),
+            (
+                'kind = "classical"\nfactory = "tiny_estimators:tiny_xgboost"',
+                'kind = "sklearn"\nfactory = "tiny_estimators:tiny_xgboost"',
+            ),
             '[models.tiny_xgb] kind = "sklearn": the factory\'s kind of model is one of "torch" (a torch.nn.Module); '
             '"classical" (a fitted estimator with scikit-learn\'s API (scikit-learn, XGBoost, LightGBM))',
         ),
@@ -204,7 +211,9 @@ def test_every_onnx_backend_follows_the_estimator(tmp_path: Path, factory: Any, 
     request = request_for(tmp_path, estimator, model_data)
     expected = predict_outputs(estimator, model_data.eval_inputs)
     reference, settings = outputs_on("sklearn", request)
-    np.testing.assert_allclose(reference, expected, rtol=1e-5, atol=1e-6)  # batches of 7 vs one: BLAS rounding
+    np.testing.assert_allclose(
+        reference, expected, rtol=1e-5, atol=1e-6
+    )  # batches of 7 vs one: BLAS rounding
     assert settings["intra_op_threads"] == 1
     onnx_outputs, _ = outputs_on("onnxruntime_cpu", request)
     assert onnx_outputs.shape == expected.shape
@@ -242,7 +251,9 @@ def test_a_conversion_that_differs_from_the_estimator_fails_the_build(
     estimator = tiny_logreg(context(tmp_path, data))
     real = estimator_onnx.predict_outputs
     monkeypatch.setattr(estimator_onnx, "predict_outputs", lambda e, x: real(e, x)[:, ::-1].copy())
-    with pytest.raises(ExportMismatchError, match=r"m-none-b1: the ONNX export differs from the estimator by max abs"):
+    with pytest.raises(
+        ExportMismatchError, match=r"m-none-b1: the ONNX export differs from the estimator by max abs"
+    ):
         BACKENDS.get("onnxruntime_cpu").build(request_for(tmp_path, estimator, data))
 
 
@@ -269,8 +280,9 @@ def test_what_a_backend_cannot_run_is_skipped_naming_the_operators(tmp_path: Pat
     quantized = request_for(tmp_path, tiny_xgboost(context(tmp_path, data)), data, "int8_dynamic")
     with pytest.raises(pytest.skip.Exception) as info:
         BACKENDS.get("onnxruntime_cpu").build(quantized)
-    assert "has no MatMul, Gemm or Conv whose weights INT8 could quantize (its graph: TreeEnsembleClassifier)" in str(
-        info.value.msg
+    assert (
+        "has no MatMul, Gemm or Conv whose weights INT8 could quantize (its graph: TreeEnsembleClassifier)"
+        in str(info.value.msg)
     )
     # A scaled MLP converts to standard ONNX: OpenVINO runs it, and INT8 quantizes its MatMuls.
     regression = diabetes()
@@ -278,7 +290,9 @@ def test_what_a_backend_cannot_run_is_skipped_naming_the_operators(tmp_path: Pat
     outputs, _ = outputs_on("openvino_cpu", request_for(tmp_path, mlp, regression))
     np.testing.assert_allclose(outputs, predict_outputs(mlp, regression.eval_inputs), rtol=1e-4, atol=1e-3)
     int8 = BACKENDS.get("onnxruntime_cpu")
-    assert int8.inspect(int8.build(request_for(tmp_path, mlp, regression, "int8_dynamic")))["quantized_ops"] == 2
+    assert (
+        int8.inspect(int8.build(request_for(tmp_path, mlp, regression, "int8_dynamic")))["quantized_ops"] == 2
+    )
 
 
 def test_a_fitted_estimator_is_cached(tmp_path: Path) -> None:
@@ -288,7 +302,9 @@ def test_a_fitted_estimator_is_cached(tmp_path: Path) -> None:
     second = tiny_xgboost(context(tmp_path, data, lines))
     assert lines == ["m: fitting XGBClassifier (cached for later runs)"]
     assert first is not second
-    np.testing.assert_array_equal(first.predict_proba(data.eval_inputs), second.predict_proba(data.eval_inputs))
+    np.testing.assert_array_equal(
+        first.predict_proba(data.eval_inputs), second.predict_proba(data.eval_inputs)
+    )
     assert MODEL_KINDS[CLASSICAL].fingerprint(first) == MODEL_KINDS[CLASSICAL].fingerprint(second)
 
 
@@ -305,18 +321,22 @@ def test_case(perf_case, benchmark):
 
 
 @pytest.fixture
-def classical_project(pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+def classical_project(
+    pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> pytest.Pytester:
     monkeypatch.setenv("PERFGATE_CACHE", str(shared_cache))
     monkeypatch.setenv("PERFGATE_RUNNER", "test-runner")
     (pytester.path / "perf").mkdir()
-    text = CLASSICAL_MATRIX.replace("[models.tiny_mlp]\n", "[models.tiny_mlp]\nexclude = [\"int8_static\"]\n")
+    text = CLASSICAL_MATRIX.replace("[models.tiny_mlp]\n", '[models.tiny_mlp]\nexclude = ["int8_static"]\n')
     write_matrix(pytester.path / "perf", text)
     (pytester.path / "perf" / "test_inference.py").write_text(textwrap.dedent(TEST_FILE))
     pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:anyio\n")
     return pytester
 
 
-def test_a_run_of_classical_models_judges_them_against_their_estimator(classical_project: pytest.Pytester) -> None:
+def test_a_run_of_classical_models_judges_them_against_their_estimator(
+    classical_project: pytest.Pytester,
+) -> None:
     result = classical_project.runpytest("perf", "-m", "classical", "-rs", "--perf-report", "out")
     result.assert_outcomes(passed=12, skipped=3)
     result.stdout.fnmatch_lines([
@@ -335,7 +355,9 @@ def test_a_run_of_classical_models_judges_them_against_their_estimator(classical
     assert "speedup is over fp32 on torch_cpu (sklearn for classical models)" in report
 
 
-def test_a_classical_variant_that_drifts_from_its_estimator_fails_its_gate(classical_project: pytest.Pytester) -> None:
+def test_a_classical_variant_that_drifts_from_its_estimator_fails_its_gate(
+    classical_project: pytest.Pytester,
+) -> None:
     matrix = classical_project.path / "perf" / "matrix.toml"
     matrix.write_text(
         matrix.read_text()
@@ -358,7 +380,11 @@ def test_a_classical_variant_that_drifts_from_its_estimator_fails_its_gate(class
             "returned TinyMLP, not a fitted estimator with scikit-learn's API (scikit-learn, XGBoost, LightGBM) "
             "(kind = 'classical'); if it is meant to be one, set kind = \"torch\" in [models.tiny_xgb]",
         ),
-        ("tiny_estimators:tiny_xgboost", "torch", "if it is meant to be one, set kind = \"classical\" in [models.tiny_xgb]"),
+        (
+            "tiny_estimators:tiny_xgboost",
+            "torch",
+            'if it is meant to be one, set kind = "classical" in [models.tiny_xgb]',
+        ),
         ("tiny_estimators:not_an_estimator", "classical", "returned dict, not a fitted estimator"),
         (
             "tiny_estimators:unpicklable",

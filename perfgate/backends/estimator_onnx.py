@@ -173,7 +173,7 @@ def convert_estimator(request: BuildRequest) -> CacheHit:
             raise ConversionError(
                 f"{request.case_id}: {type(estimator).__name__} does not convert to ONNX: {exc}; "
                 "ONNX Runtime and the other ONNX backends cannot run it: leave them out with "
-                "[models.NAME] backends = [\"sklearn\"] in the matrix"
+                '[models.NAME] backends = ["sklearn"] in the matrix'
             ) from exc
         onnx.save(_renamed(model, is_classifier(estimator)), str(path))
         inputs = request.data.eval_inputs.reshape(len(request.data.eval_inputs), -1)
@@ -213,7 +213,7 @@ def require_quantizable(request: BuildRequest, path: Path) -> None:
         skip_case(
             f"{request.case_id}: the converted estimator has no MatMul, Gemm or Conv whose weights INT8 "
             f"could quantize (its graph: {operators}); leave it out with [models.{model}] exclude = "
-            f"[\"{request.lowering}\"]"
+            f'["{request.lowering}"]'
         )
 
 
@@ -230,5 +230,5 @@ def require_standard_operators(request: BuildRequest, path: Path, backend: str) 
         model = request.case_id.split("-", 1)[0]
         skip_case(
             f"{request.case_id}: {backend} cannot import the ai.onnx.ml operators {', '.join(found)} of the "
-            f"converted estimator; leave it out with [models.{model}] exclude = [\"{backend}\"]"
+            f'converted estimator; leave it out with [models.{model}] exclude = ["{backend}"]'
         )
