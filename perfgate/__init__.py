@@ -26,6 +26,7 @@ _LAZY = {
     "ModelData": "perfgate.data",
     "TrainConfig": "perfgate.training",
     "fit": "perfgate.training",
+    "fit_estimator": "perfgate.estimators",
     "train_classifier": "perfgate.training",
 }
 __all__ = [*sorted(_LAZY), "__version__"]

@@ -1,16 +1,19 @@
-"""A user's own model, data and metric, declared in matrix.toml without touching perfgate.
+"""A user's own models, data and metric, declared in matrix.toml without touching perfgate.
 
-The model is a small MLP on scikit-learn's wine data (13 features, 3 cultivars), judged on
-balanced accuracy, a metric of the user's own.
+Two models of scikit-learn's wine data (13 features, 3 cultivars), both judged on balanced
+accuracy, a metric of the user's own: a small torch MLP, and a random forest (a classical model:
+its reference is the forest's own predict_proba, and ONNX Runtime runs its skl2onnx conversion).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from perfgate import ModelContext, ModelData, TrainConfig, train_classifier
+from perfgate import ModelContext, ModelData, TrainConfig, fit_estimator, train_classifier
 
 
 def wine() -> ModelData:
@@ -38,6 +41,13 @@ class WineMLP(nn.Module):
 def wine_mlp(ctx: ModelContext) -> nn.Module:
     """Trained once, then loaded from perfgate's artifact cache."""
     return train_classifier(WineMLP, ctx, TrainConfig(epochs=30, batch_size=16, max_shift=0))
+
+
+def wine_forest(ctx: ModelContext) -> Any:
+    """A classical model (kind = "classical"): fitted once on the training split, then cached."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    return fit_estimator(RandomForestClassifier(n_estimators=100, random_state=0, n_jobs=1), ctx)
 
 
 def balanced_accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from perfgate.backends.base import BuildRequest, skip_case
+from perfgate.backends.base import BuildRequest, error_line, module_installed, skip_case
 from perfgate.backends.onnx_export import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -38,6 +38,10 @@ OPSET = {"": 15, "ai.onnx.ml": 3}
 ML_DOMAIN = "ai.onnx.ml"
 # The distributions whose version changes the converted graph: part of the cache key.
 CONVERTERS = ("skl2onnx", "onnxmltools", "scikit-learn", "xgboost", "xgboost-cpu", "lightgbm")
+
+
+# What the conversion imports: without them, a classical model's ONNX cases are skipped, saying so.
+CONVERTER_MODULES = ("skl2onnx", "onnxmltools")
 
 
 class ConversionError(RuntimeError):
@@ -151,6 +155,12 @@ def convert_estimator(request: BuildRequest) -> CacheHit:
     :raises ConversionError: no converter knows the estimator (or a step of its pipeline).
     :raises ExportMismatchError: the graph does not compute what the estimator computes.
     """
+    for module in CONVERTER_MODULES:
+        if not module_installed(module):
+            skip_case(
+                f"{request.case_id}: {module} is not installed (pip install 'perfgate[classical]'): "
+                "a classical model reaches the ONNX backends through its conversion"
+            )
     tolerance = request.export_tolerance or ExportTolerance()
     key = stable_hash("onnx-estimator", request.model_key, OPSET, _versions(), tolerance.atol, tolerance.rtol)
     estimator = request.model
@@ -171,7 +181,8 @@ def convert_estimator(request: BuildRequest) -> CacheHit:
             )
         except Exception as exc:  # skl2onnx raises several types for an estimator it cannot convert
             raise ConversionError(
-                f"{request.case_id}: {type(estimator).__name__} does not convert to ONNX: {exc}; "
+                f"{request.case_id}: {type(estimator).__name__} does not convert to ONNX "
+                f"(skl2onnx {error_line(exc)}); "
                 "ONNX Runtime and the other ONNX backends cannot run it: leave them out with "
                 '[models.NAME] backends = ["sklearn"] in the matrix'
             ) from exc
