@@ -7,6 +7,9 @@ measures what a CI user sees: how many of the runs had any false alarm.
     python benchmarks/suite_aa.py run --runs 10 --interval-min 6 --out /tmp/suite-aa   # ~70 min
     python benchmarks/suite_aa.py analyze /tmp/suite-aa
 
+``--select "-m classical"`` runs another selection instead (every batch size of it), for a new
+backend's or model kind's own A/A.
+
 Each run holds the benchmark lock of ``exclusive.py`` (with priority), so that it never overlaps
 a ``gate_power.py`` trial started in the same session.
 """
@@ -30,8 +33,8 @@ from gate_power import OLD_THRESHOLDS, thinned  # noqa: E402
 SELECTION = ["-k", "b1"]  # the default profile (slow cases left out), batch 1, every backend here
 
 
-def _pytest(out: Path, *args: str) -> float:
-    command = [sys.executable, "-m", "pytest", "perf", "-q", "-p", "no:cacheprovider", *SELECTION, *args]
+def _pytest(out: Path, *args: str, selection: list[str] = SELECTION) -> float:
+    command = [sys.executable, "-m", "pytest", "perf", "-q", "-p", "no:cacheprovider", *selection, *args]
     command += [f"--perf-baselines={out / 'baselines'}", "--perf-runner=suite-aa"]
     start = time.time()
     with exclusive(priority=True):
@@ -44,11 +47,14 @@ def _pytest(out: Path, *args: str) -> float:
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    selection = args.select.split() if args.select else SELECTION
     if not (out / "baselines").exists():
-        _pytest(out, "--perf-refresh-baselines")
+        _pytest(out, "--perf-refresh-baselines", selection=selection)
     done = len(list(out.glob("run-*")))  # a second invocation goes on where the first stopped
     for index in range(done, done + args.runs):
-        started = _pytest(out, "--benchmark-compare", f"--perf-report={out / f'run-{index:02d}'}")
+        started = _pytest(
+            out, "--benchmark-compare", f"--perf-report={out / f'run-{index:02d}'}", selection=selection
+        )
         print(f"run {index + 1} done", flush=True)
         if index + 1 < done + args.runs:
             time.sleep(max(0.0, started + args.interval_min * 60 - time.time()))
@@ -208,6 +214,9 @@ def main() -> None:
     runner.add_argument("--runs", type=int, default=10)
     runner.add_argument("--interval-min", type=float, default=6.0)
     runner.add_argument("--out", required=True)
+    runner.add_argument(
+        "--select", metavar="ARGS", help=f'pytest selection instead of {" ".join(SELECTION)!r}, e.g. "-m classical"'
+    )
     runner.set_defaults(handler=run)
     analyzer = commands.add_parser("analyze")
     analyzer.add_argument("out")
