@@ -14,7 +14,16 @@ pytest.importorskip("skl2onnx", reason="the classical extra is not installed")
 pytest.importorskip("xgboost", reason="the classical extra is not installed")
 pytest.importorskip("lightgbm", reason="the classical extra is not installed")
 
-from tiny_estimators import cancer, diabetes, tiny_lightgbm, tiny_logreg, tiny_regressor, tiny_xgboost
+from tiny_estimators import (
+    cancer,
+    diabetes,
+    digit_pixels,
+    scaled_forest,
+    tiny_lightgbm,
+    tiny_logreg,
+    tiny_regressor,
+    tiny_xgboost,
+)
 
 from conftest import TESTS
 from perfgate.accuracy import MetricError, mae, mse, r2
@@ -199,7 +208,13 @@ def test_regression_metrics_literal_values() -> None:
 
 @pytest.mark.parametrize(
     ("factory", "data"),
-    [(tiny_xgboost, cancer), (tiny_lightgbm, cancer), (tiny_logreg, cancer), (tiny_regressor, diabetes)],
+    [
+        (tiny_xgboost, cancer),
+        (tiny_lightgbm, cancer),
+        (tiny_logreg, cancer),
+        (tiny_regressor, diabetes),
+        (scaled_forest, digit_pixels),
+    ],
 )
 def test_every_onnx_backend_follows_the_estimator(tmp_path: Path, factory: Any, data: Any) -> None:
     """The conversion is validated and renamed to perfgate's names; ONNX Runtime runs every one
@@ -252,7 +267,7 @@ def test_a_conversion_that_differs_from_the_estimator_fails_the_build(
     real = estimator_onnx.predict_outputs
     monkeypatch.setattr(estimator_onnx, "predict_outputs", lambda e, x: real(e, x)[:, ::-1].copy())
     with pytest.raises(
-        ExportMismatchError, match=r"m-none-b1: the ONNX export differs from the estimator by max abs"
+        ExportMismatchError, match=r"m-none-b1: the ONNX conversion differs from the estimator by max abs .* on [0-9]+ of 169 eval rows"
     ):
         BACKENDS.get("onnxruntime_cpu").build(request_for(tmp_path, estimator, data))
 
@@ -425,3 +440,28 @@ def test_without_the_converters_the_onnx_cases_are_skipped_naming_the_extra(
         "m-none-b1: onnxmltools is not installed (pip install 'perfgate[classical]'): "
         "a classical model reaches the ONNX backends through its conversion"
     )
+
+
+@pytest.mark.parametrize(
+    ("rows", "operators", "cause"),
+    [
+        (3, ["TreeEnsembleClassifier"], "TreeEnsembleClassifier holds its split thresholds in float32"),
+        (135, ["TreeEnsembleClassifier"], "a converter that does not support a parameter of the estimator"),
+        (3, ["LinearClassifier"], "a converter that does not support a parameter of the estimator"),
+    ],
+)
+def test_a_mismatch_names_its_likely_cause(rows: int, operators: list[str], cause: str) -> None:
+    """A few rows of a tree ensemble: float32 thresholds, and the fix; anything else: the converter."""
+    from perfgate.backends.estimator_onnx import _mismatch
+
+    report = {"rows_beyond": rows, "samples": 360, "max_abs_diff": 0.03, "atol": 1e-5, "rtol": 1e-5}
+    report |= {"output_scale": 1.0, "tolerance": 2e-5}
+    request = BuildRequest("forest-fp32-onnxruntime_cpu-b1", None, "k", "none", {}, cancer(), 1, None)  # type: ignore[arg-type]
+    message = _mismatch(request, report, operators)
+    assert message.startswith(
+        f"forest-fp32-onnxruntime_cpu-b1: the ONNX conversion differs from the estimator by max abs 0.03 on "
+        f"{rows} of 360 eval rows (tolerance 1e-05 + 1e-05 x output scale 1 = 2e-05)"
+    )
+    assert cause in message
+    if "float32" in cause:
+        assert "raise [models.forest] export_tolerance atol above 0.03" in message

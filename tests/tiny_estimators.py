@@ -29,6 +29,26 @@ def diabetes() -> ModelData:
     return ModelData("diabetes", x[342:], y[342:], x[:342], y[:342])
 
 
+def digit_pixels() -> ModelData:
+    """scikit-learn's digits as 64 pixel features (integers 0-16): 1400 training, 397 held-out rows."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x, y = bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+    return ModelData("digit_pixels", x[1400:], y[1400:], x[:1400], y[:1400])
+
+
+def scaled_forest(ctx: ModelContext) -> Any:
+    """Standard scaling, then a 30-tree random forest: every scaled value must match scikit-learn's
+    to the bit, or rows cross split thresholds in the converted graph."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    forest = RandomForestClassifier(n_estimators=30, random_state=0, n_jobs=1)
+    return fit_estimator(make_pipeline(StandardScaler(), forest), ctx)
+
+
 def tiny_xgboost(ctx: ModelContext) -> Any:
     from xgboost import XGBClassifier
 

@@ -154,9 +154,11 @@ def compare_export(
     diff = np.abs(exported - reference)
     scale = float(np.max(np.abs(reference))) if reference.size else 0.0
     limit = tolerance.limit(scale)
+    beyond = diff.reshape(len(diff), -1) > limit
     return {
         "max_abs_diff": float(np.max(diff)),
         "samples": len(inputs),
+        "rows_beyond": int(np.sum(np.any(beyond, axis=1))),
         "output_scale": scale,
         "tolerance": limit,
         "atol": tolerance.atol,
