@@ -39,6 +39,8 @@ ML_DOMAIN = "ai.onnx.ml"
 CONVERTERS = ("skl2onnx", "onnxmltools", "scikit-learn", "xgboost", "xgboost-cpu", "lightgbm")
 
 
+# Bump when the conversion's recipe (its options, its renaming) changes: cached graphs follow it.
+RECIPE_VERSION = 2
 # What the conversion imports: without them, a classical model's ONNX cases are skipped, saying so.
 CONVERTER_MODULES = ("skl2onnx", "onnxmltools")
 
@@ -163,7 +165,9 @@ def convert_estimator(request: BuildRequest) -> CacheHit:
                 "a classical model reaches the ONNX backends through its conversion"
             )
     tolerance = request.export_tolerance or ExportTolerance()
-    key = stable_hash("onnx-estimator", request.model_key, OPSET, _versions(), tolerance.atol, tolerance.rtol)
+    key = stable_hash(
+        "onnx-estimator", RECIPE_VERSION, request.model_key, OPSET, _versions(), tolerance.atol, tolerance.rtol
+    )
     estimator = request.model
 
     def build(path: Path) -> None:
