@@ -27,6 +27,7 @@ BACKENDS.register("torch_cuda_graphs", "perfgate.backends.torch_cuda:TORCH_CUDA_
 BACKENDS.register("onnxruntime_cuda", "perfgate.backends.onnxruntime_gpu:ONNXRUNTIME_CUDA")
 BACKENDS.register("onnxruntime_tensorrt", "perfgate.backends.onnxruntime_gpu:ONNXRUNTIME_TENSORRT")
 BACKENDS.register("tensorrt", "perfgate.backends.tensorrt:TENSORRT")
+BACKENDS.register("tvm_cpu", "perfgate.backends.tvm:TVM_CPU")
 BACKENDS.register("sklearn", "perfgate.backends.sklearn:SKLEARN")
 
 

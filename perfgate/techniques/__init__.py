@@ -18,6 +18,7 @@ TECHNIQUES.register("prune_structured_int8", "perfgate.techniques.pruning:PRUNE_
 TECHNIQUES.register("distill", "perfgate.techniques.distillation:DISTILL")
 TECHNIQUES.register("channels_last", "perfgate.techniques.runtime:CHANNELS_LAST")
 TECHNIQUES.register("threads_tuned", "perfgate.techniques.runtime:THREADS_TUNED")
+TECHNIQUES.register("tvm_tuned", "perfgate.techniques.tvm_tuning:TVM_TUNED")
 
 # Marker per technique family, applied to every case of a technique of that family.
 FAMILIES = {
