@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import textwrap
 import threading
 from pathlib import Path
 
@@ -309,31 +308,42 @@ def test_tuning_database_is_cached_and_the_tuned_model_matches(trained) -> None:
 
 
 TVM_MATRIX = """
+[models.seeded_mlp]
+factory = "tiny_models:seeded_mlp"
+data = "tiny_models:blobs"
+metric = "top1"
+
 [techniques.tvm_tuned]
-options = {{ trials = 1 }}
+options = { trials = 1 }
 
 [backends.tvm_cpu]
 """
 
 
 def test_e2e_matrix_runs_tvm_untuned_and_tuned(perf_project: pytest.Pytester) -> None:
-    """A pytest run of the tiny matrix on tvm_cpu: fp32 and tvm_tuned pass their gates, the
-    int8_dynamic combination is never generated, and results.json records TVM's settings."""
+    """A pytest run of the tiny matrix on tvm_cpu: fp32 and tvm_tuned pass their gates on two
+    models, the int8_dynamic combination is never generated, and results.json records TVM's
+    settings. The two tunings run in two tests of one session (pytest's capture handlers on
+    meta-schedule's logger once broke the second)."""
     import json
 
     matrix = perf_project.path / "perf" / "matrix.toml"
     text = (
         matrix.read_text().replace("[backends.torch_cpu]\n", "").replace("[backends.onnxruntime_cpu]\n", "")
     )
-    matrix.write_text(text + textwrap.dedent(TVM_MATRIX).format())
+    matrix.write_text(text + TVM_MATRIX)
     result = perf_project.runpytest("perf", "-v", "--perf-report", "out")
-    result.assert_outcomes(passed=2)
-    cases = {
-        c["case_id"]: c for c in json.loads((perf_project.path / "out" / "results.json").read_text())["cases"]
-    }
-    assert sorted(cases) == ["tiny_mlp-fp32-tvm_cpu-b1", "tiny_mlp-tvm_tuned-tvm_cpu-b1"]
+    result.assert_outcomes(passed=4)
+    document = json.loads((perf_project.path / "out" / "results.json").read_text())
+    cases = {case["case_id"]: case for case in document["cases"]}
+    assert sorted(cases) == [
+        "seeded_mlp-fp32-tvm_cpu-b1",
+        "seeded_mlp-tvm_tuned-tvm_cpu-b1",
+        "tiny_mlp-fp32-tvm_cpu-b1",
+        "tiny_mlp-tvm_tuned-tvm_cpu-b1",
+    ]
     for case in cases.values():
         assert case["settings"]["intra_op_threads"] >= 1
         assert case["settings"]["target"]["kind"] == "llvm"
-        assert case["accuracy"]["metric"] >= 0.95
-    assert cases["tiny_mlp-tvm_tuned-tvm_cpu-b1"]["settings"]["tuning_trials"] == 1
+    assert cases["tiny_mlp-fp32-tvm_cpu-b1"]["accuracy"]["metric"] >= 0.95
+    assert cases["seeded_mlp-tvm_tuned-tvm_cpu-b1"]["settings"]["tuning_trials"] == 1

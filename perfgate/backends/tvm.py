@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import platform
@@ -57,6 +58,7 @@ TRIALS_OPTION = "trials"
 DEFAULT_TRIALS = 64
 RECIPE_VERSION = 1  # bump when the import, compile or tuning recipe changes
 TUNING_RECORD = "tuning.json"
+TUNER_LOGGER = "tvm.s_tir.meta_schedule"  # meta-schedule's own logger (see _unnamed_handlers_set_aside)
 # runtime.config_threadpool's affinity mode: kBig, all cores alike on x86 (nothing is pinned
 # anyway under TVM_BIND_THREADS=0).
 _POOL_MODE_BIG = 1
@@ -244,7 +246,7 @@ def tune(request: BuildRequest, onnx: CacheHit, target: dict[str, Any], trials: 
             module = _pre_tuning(import_relax(onnx.path, request.batch_size))
         tasks = ms.relax_integration.extract_tasks(module, target_object)
         per_task = max(1, math.ceil(trials / max(1, len(tasks))))
-        with tvm_threads(int(target["num-cores"])):
+        with tvm_threads(int(target["num-cores"])), _unnamed_handlers_set_aside(TUNER_LOGGER):
             ms.relax_integration.tune_relax(
                 module,
                 params={},
@@ -268,6 +270,26 @@ def tune(request: BuildRequest, onnx: CacheHit, target: dict[str, Any], trials: 
         }, indent=1, sort_keys=True))  # fmt: skip
 
     return request.cache.get_or_build("tvm-tuning", key, "database", build)
+
+
+@contextlib.contextmanager
+def _unnamed_handlers_set_aside(name: str) -> Iterator[None]:
+    """Take the handlers without a name off logger ``name`` while the block runs, then put them back.
+
+    meta-schedule configures its loggers with ``logging.config.dictConfig``, listing its logger's
+    current handlers by name; an unnamed one fails it (``None.format``). pytest attaches its
+    unnamed capture handlers to every logger that does not propagate, which meta-schedule's is
+    once it has tuned, so that the second tuning in a pytest session failed.
+    """
+    logger = logging.getLogger(name)
+    unnamed = [handler for handler in logger.handlers if handler.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            logger.addHandler(handler)
 
 
 def candidate_builder() -> Any:
