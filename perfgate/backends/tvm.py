@@ -55,7 +55,7 @@ from perfgate.hardware import cpu_cores, cpu_isa
 # import each other), its option and the option's default.
 TUNED_LOWERING = "tvm_tuned"
 TRIALS_OPTION = "trials"
-DEFAULT_TRIALS = 64
+DEFAULT_TRIALS = 256
 RECIPE_VERSION = 1  # bump when the import, compile or tuning recipe changes
 TUNING_RECORD = "tuning.json"
 TUNER_LOGGER = "tvm.s_tir.meta_schedule"  # meta-schedule's own logger (see _unnamed_handlers_set_aside)

@@ -23,7 +23,7 @@ from perfgate.validation import Rule, integer
 # The lowering only tvm_cpu declares (perfgate.backends.tvm.TUNED_LOWERING: the backend and
 # technique axes never import each other), and the default budget.
 TUNED_LOWERING = "tvm_tuned"
-DEFAULT_TRIALS = 64
+DEFAULT_TRIALS = 256
 
 
 @dataclass(frozen=True)
