@@ -1,5 +1,7 @@
-"""The ``perfgate`` command: re-render and merge saved reports, and read the history of runs.
+"""The ``perfgate`` command: take one model to a Pareto chart, re-render and merge saved reports,
+and read the history of runs.
 
+perfgate optimize my_models.py:wine_mlp --data my_models.py:wine -o out
 perfgate report cpu/results.json gpu/results.json -o merged-report
 perfgate history show digits_resnet-fp32-torch_cpu-b1 --store perf-history.db
 """
@@ -36,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="perfgate",
         description="perfgate: ML inference benchmarks with accuracy and regression gates. "
-        "The benchmarks run under pytest (pytest perf ...); this command works on their saved results.",
+        "The benchmarks run under pytest (pytest perf ...); this command takes one model through every "
+        "technique and backend (optimize), and works on saved results (report, history).",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_optimize_parser(commands)
     report = commands.add_parser(
         "report",
         help="render (and merge) reports from saved results.json files",
@@ -71,6 +75,105 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 HISTORY_ENV = "PERFGATE_HISTORY"
+
+
+def add_optimize_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``perfgate optimize``: one model through every technique and backend that applies here."""
+    optimize = commands.add_parser(
+        "optimize",
+        help="run one model through every technique and backend that applies here: report, Pareto chart, matrix file",
+        description="Build the matrix of one model (every technique and backend that applies to it on this "
+        "machine), run it with the accuracy gates as pytest perf does, and write DIR/matrix.toml (commit it to "
+        "gate CI with it), DIR/results.json, DIR/report.md and the Pareto chart DIR/pareto-MODEL.png; then "
+        "print the best configuration per accuracy constraint and batch size.",
+        epilog="example: perfgate optimize my_models.py:wine_mlp --data my_models.py:wine "
+        "--metric my_models.py:balanced_accuracy -o out",
+    )
+    optimize.add_argument(
+        "target",
+        nargs="?",
+        metavar="TARGET",
+        help="the model's factory, MODULE:FUNCTION or path/to/file.py:FUNCTION, called with a "
+        "perfgate.ModelContext (as a matrix's [models.X] factory); or use --model",
+    )
+    optimize.add_argument(
+        "--model",
+        type=Path,
+        metavar="FILE.pt",
+        help="a whole torch module saved with torch.save(model, path) instead of TARGET; loaded with "
+        "torch.load(weights_only=False), which runs code from the file: only files you trust (its class must "
+        "import: --pythonpath). ONNX files are not supported",
+    )
+    optimize.add_argument(
+        "--data",
+        required=True,
+        metavar="MODULE:FUNCTION",
+        help="the data loader, () -> perfgate.ModelData (a .py path works too)",
+    )
+    optimize.add_argument(
+        "--metric",
+        metavar="NAME|MODULE:FUNCTION",
+        help="a registered metric (top1, mae, mse, r2) or your (outputs, labels) -> float "
+        "(default: top1 for integer labels, else fidelity to FP32 only)",
+    )
+    optimize.add_argument(
+        "--metric-direction",
+        choices=("higher", "lower"),
+        help="which way your own metric is better (default: higher; a registered metric knows its own)",
+    )
+    optimize.add_argument(
+        "--kind",
+        choices=("torch", "classical"),
+        help="what the factory returns (default: found by calling it once; what it trains is cached)",
+    )
+    optimize.add_argument(
+        "--backends", metavar="A,B", help="only these backends (default: every one that runs here)"
+    )
+    optimize.add_argument(
+        "--techniques", metavar="X,Y", help="only these techniques (default: every one that applies)"
+    )
+    optimize.add_argument("--batch-sizes", default="1,32", metavar="N,M", help="batch sizes (default: 1,32)")
+    optimize.add_argument(
+        "-o", "--output", type=Path, default=Path("perfgate-optimize"), metavar="DIR",
+        help="folder to write into (default: perfgate-optimize)",
+    )  # fmt: skip
+    optimize.add_argument(
+        "--pythonpath",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="a folder to import from (repeatable); a .py path's folder and the current one are added as needed",
+    )
+    optimize.set_defaults(handler=run_optimize)
+
+
+def run_optimize(args: argparse.Namespace) -> int:
+    """``perfgate optimize``: the plan, the run, the best configurations."""
+    import shlex
+
+    from perfgate.optimize import OptimizeError, Request, optimize, parse_batch_sizes, split_names
+
+    if (args.target is None) == (args.model is None):
+        raise CliError("optimize: give the model either as TARGET (MODULE:FUNCTION) or as --model FILE.pt")
+    try:
+        request = Request(
+            target=args.target,
+            model_file=args.model,
+            data=args.data,
+            output=args.output,
+            metric=args.metric,
+            metric_direction=args.metric_direction,
+            kind=args.kind,
+            backends=split_names(args.backends),
+            techniques=split_names(args.techniques),
+            batch_sizes=parse_batch_sizes(args.batch_sizes),
+            pythonpath=args.pythonpath,
+            command=shlex.join(["perfgate", *args.argv]),
+        )
+        return optimize(request)
+    except OptimizeError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _store_option(parser: argparse.ArgumentParser, default: object) -> None:
@@ -181,7 +284,9 @@ def run_report(args: argparse.Namespace) -> int:
         raise CliError(f"output {args.output} exists and is not a folder")
     written = render(args.output, documents, plots=not args.no_plots)
     cases = sum(len(doc.cases) for doc in documents)
-    print(f"perfgate: {cases} cases from {len(documents)} runner(s) ({len(args.results)} file(s)) rendered into {args.output}")
+    print(
+        f"perfgate: {cases} cases from {len(documents)} runner(s) ({len(args.results)} file(s)) rendered into {args.output}"
+    )
     for path in written:
         print(f"  {path}")
     return 0
@@ -323,7 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     :returns: the exit status: 0 on success, 2 on bad input.
     """
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.handler(args))
     except (ResultsError, CliError, HistoryError) as exc:

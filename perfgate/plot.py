@@ -1,7 +1,10 @@
 """Pareto plots: each model's metric against p50 latency, one figure per model, as PNG and SVG.
 
-The metric's axis keeps its natural orientation (larger values up) and says which way is better;
-for a lower-is-better metric (MSE) the frontier hangs from the top, the better cases below it.
+A figure has one panel per batch size: a call at batch 32 and one at batch 1 do different work, so
+their latencies never share an axis. The metric's axis keeps its natural orientation (larger
+values up) and says which way is better; for a lower-is-better metric (MSE) the frontier hangs
+from the top, the better cases below it. Where cases measured their energy, a second figure puts
+the metric against the energy of one inference, frontier and panels alike.
 
 matplotlib is imported only here and only when a plot is drawn (the ``report`` extra), with the
 non-interactive Agg backend so that a CI runner without a display can draw.
@@ -15,8 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
-from perfgate.pareto import Score, model_score
-from perfgate.results import CaseResult, ResultsDocument
+from perfgate.pareto import Score, model_score, pareto_front
+from perfgate.results import UNFINISHED, CaseResult, ResultsDocument
 from perfgate.units import human_bytes
 
 LOG_SPREAD = 8.0  # a log latency axis once the slowest case is this many times the fastest
@@ -28,14 +31,54 @@ LEADER_FROM = 14.0  # a label this far from its point gets a leader line back to
 ANGLES = (90, 270, 60, 120, 240, 300, 30, 150, 210, 330, 0, 180)
 MARKERS = ("o", "s", "^", "D", "v", "P")  # one per runner in a merged plot
 MIN_AREA, MAX_AREA, DEFAULT_AREA = 30.0, 420.0, 60.0  # marker areas in pt^2
+MAX_COLUMNS = 3  # panels per row of a figure
+
+
+@dataclass(frozen=True)
+class XAxis:
+    """What a figure's horizontal axis holds: p50 latency, or energy per inference.
+
+    :param title: how the title names it (``<metric> vs <title>``).
+    :param label: the axis label, with its unit.
+    :param better: the word after the arrow to the better (left) side.
+    :param file_suffix: added to the file name (``pareto-<model><suffix>.png``).
+    """
+
+    title: str
+    label: str
+    better: str
+    file_suffix: str
+
+    def value(self, result: CaseResult) -> float | None:
+        raise NotImplementedError
+
+
+class _Latency(XAxis):
+    def value(self, result: CaseResult) -> float | None:
+        return result.latency.p50_ms if result.latency else None
+
+
+class _Energy(XAxis):
+    def value(self, result: CaseResult) -> float | None:
+        """Millijoules per inference, only where the case really measured it (a dict, read defensively:
+        results written before energy was measured have none)."""
+        energy = getattr(result, "energy", None)
+        if not isinstance(energy, dict) or not energy.get("measured"):
+            return None
+        joules = energy.get("joules_per_inference")
+        return float(joules) * 1e3 if isinstance(joules, int | float) and joules > 0 else None
+
+
+LATENCY = _Latency("p50 latency", "p50 latency per call (ms)", "faster", "")
+ENERGY = _Energy("energy per inference", "energy per inference (mJ)", "less energy", "-energy")
 
 
 @dataclass(frozen=True)
 class PlotPoint:
-    """One case on the plot."""
+    """One case on the plot; ``x`` is its p50 latency or its energy, as the figure's axis says."""
 
     label: str
-    latency_ms: float
+    x: float
     accuracy: float
     size_bytes: int | None
     backend: str
@@ -45,41 +88,51 @@ class PlotPoint:
 
 
 def plot_points(
-    cases: Sequence[CaseResult], runner: str, with_batch: bool, score: Score | None = None
+    cases: Sequence[CaseResult],
+    runner: str,
+    with_batch: bool,
+    score: Score | None = None,
+    axis: XAxis = LATENCY,
 ) -> list[PlotPoint]:
-    """The timed, scored cases of one model on one runner, each marked on or off its frontier.
+    """The cases of one model on one runner that have a value on ``axis`` and a score, each marked
+    on or off its frontier (score against ``axis``, the score's direction respected).
 
-    :param with_batch: add the batch size to labels (the model ran at several).
+    :param with_batch: add the batch size to labels.
     :param score: what ``accuracy`` holds and which way is better; ``model_score(cases)`` if not given.
     """
     score = score or model_score(cases)
-    front = score.front(cases)
+    usable = [
+        (r, x, value)
+        for r in cases
+        if r.status not in UNFINISHED
+        and (x := axis.value(r)) is not None
+        and (value := score.value(r)) is not None
+    ]
+    front = pareto_front([(x, value) for _, x, value in usable], higher_is_better=score.higher_is_better)
     return [
         PlotPoint(
             label=r.technique + (f" b{r.batch_size}" if with_batch else ""),  # the colour says the backend
-            latency_ms=r.latency.p50_ms,
+            x=x,
             accuracy=value,
             size_bytes=r.artifact_bytes,
             backend=r.backend,
             runner=runner,
             passed=r.status == "passed" and not any(v.failed for v in r.verdicts),
-            frontier=front[r.case_id],
+            frontier=on_front,
         )
-        for r in cases
-        # score.front() keeps only timed and scored cases: the last two tests narrow the types
-        if r.case_id in front and r.latency is not None and (value := score.value(r)) is not None
+        for (r, x, value), on_front in zip(usable, front, strict=True)
     ]
 
 
 def frontier_steps(points: Sequence[PlotPoint]) -> tuple[list[float], list[float]]:
     """The frontier as a staircase: from each frontier point, its score holds until the next is reached."""
-    front = sorted((p.latency_ms, p.accuracy) for p in points if p.frontier)
+    front = sorted((p.x, p.accuracy) for p in points if p.frontier)
     return [x for x, _ in front], [y for _, y in front]
 
 
-def wants_log_x(latencies: Sequence[float]) -> bool:
+def wants_log_x(values: Sequence[float]) -> bool:
     """A log axis when the cases span enough that a linear one would squash the fast ones together."""
-    positive = [x for x in latencies if x > 0]
+    positive = [x for x in values if x > 0]
     return bool(positive) and max(positive) / min(positive) >= LOG_SPREAD
 
 
@@ -124,27 +177,34 @@ def place_labels(ax: Any, points: Sequence[PlotPoint], areas: Sequence[float]) -
     px_per_pt = fig.dpi / 72.0
     obstacles = []
     for point, area in zip(points, areas, strict=True):
-        x, y = ax.transData.transform((point.latency_ms, point.accuracy))
+        x, y = ax.transData.transform((point.x, point.accuracy))
         r = math.sqrt(area) / 2 * px_per_pt
         obstacles.append(Bbox.from_extents(x - r, y - r, x + r, y + r))
     labels, clean = [], True
     # Frontier points first: their labels matter most and get the closest spots.
-    for index in sorted(range(len(points)), key=lambda i: (not points[i].frontier, points[i].latency_ms)):
+    for index in sorted(range(len(points)), key=lambda i: (not points[i].frontier, points[i].x)):
         text, cost = _place_one(ax, points[index], obstacles, frame, renderer, areas[index])
         labels.append(text)
         clean = clean and cost == 0
     return labels, clean
 
 
+def label_numbers(points: Sequence[PlotPoint]) -> dict[str, int]:
+    """One number per distinct label, in order of the points' ``x`` (fastest first)."""
+    numbers: dict[str, int] = {}
+    for point in sorted(points, key=lambda p: p.x):
+        numbers.setdefault(point.label, len(numbers) + 1)
+    return numbers
+
+
 def numbered(points: Sequence[PlotPoint]) -> tuple[list[PlotPoint], list[str]]:
     """Points labelled by number, one number per distinct label in latency order, and the key.
 
     The fallback for a crowded plot (many variants tied on accuracy, or several runners): a
-    number fits where a name does not, and one configuration keeps its number on every runner.
+    number fits where a name does not, and one configuration keeps its number on every runner
+    and in every panel.
     """
-    numbers: dict[str, int] = {}
-    for point in sorted(points, key=lambda p: p.latency_ms):
-        numbers.setdefault(point.label, len(numbers) + 1)
+    numbers = label_numbers(points)
     key = [f"{n:>2}  {label}" for label, n in numbers.items()]
     return [replace(p, label=str(numbers[p.label])) for p in points], key
 
@@ -171,7 +231,7 @@ def _label(ax: Any, point: PlotPoint, offset: tuple[float, float], ha: str, va: 
     arrow = {"arrowstyle": "-", "color": "0.55", "lw": 0.6, "shrinkA": 1, "shrinkB": 3} if leader else None
     return ax.annotate(
         point.label,
-        (point.latency_ms, point.accuracy),
+        (point.x, point.accuracy),
         xytext=offset,
         textcoords="offset points",
         ha=ha,
@@ -234,34 +294,106 @@ def axis_label(score: Score) -> str:
     return f"{what}  {arrow}  {score.direction} is better"
 
 
-def plot_title(model: str, score: Score, runners: Sequence[str]) -> str:
+def plot_title(model: str, score: Score, runners: Sequence[str], axis: XAxis = LATENCY) -> str:
     """``<model>: <metric> vs p50 latency  —  runner <names>``."""
     plural = "s" if len(runners) > 1 else ""
-    return f"{model}: {score.header} vs p50 latency  —  runner{plural} {', '.join(runners)}"
+    return f"{model}: {score.header} vs {axis.title}  —  runner{plural} {', '.join(runners)}"
 
 
-def draw_model(model: str, runners: dict[str, list[CaseResult]], colours: dict[str, Any]) -> Any | None:
-    """The Pareto figure of one model across its runners, or ``None`` if no case is plottable.
+Panels = dict[int, dict[str, list[PlotPoint]]]  # batch size -> runner -> its points
+
+
+def panel_points(runners: dict[str, list[CaseResult]], score: Score, axis: XAxis) -> Panels:
+    """The plottable points of each batch size, per runner; a batch size with none has no panel.
+
+    Each batch size has its own frontier: a batch-32 call and a batch-1 call do different work.
+    """
+    batches = sorted({r.batch_size for cases in runners.values() for r in cases})
+    panels: Panels = {}
+    for batch in batches:
+        by_runner = {
+            name: plot_points([r for r in cases if r.batch_size == batch], name, False, score, axis)
+            for name, cases in runners.items()
+        }
+        if any(by_runner.values()):
+            panels[batch] = by_runner
+    return panels
+
+
+def _figure(count: int) -> tuple[Any, list[Any]]:
+    """A figure with ``count`` panels, at most three a row, sharing the score axis, with room on
+    the right for the legend."""
+    import matplotlib.pyplot as plt
+
+    columns = min(count, MAX_COLUMNS)
+    rows = math.ceil(count / columns)
+    if count == 1:
+        fig, ax = plt.subplots(figsize=(10, 6.2), dpi=130)
+        fig.subplots_adjust(left=0.09, right=0.74, top=0.88, bottom=0.11)
+        return fig, [ax]
+    width, height = 5.2 * columns + 3.2, 4.9 * rows + 1.0
+    fig, grid = plt.subplots(rows, columns, figsize=(width, height), dpi=130, sharey=True, squeeze=False)
+    fig.subplots_adjust(
+        left=0.9 / width,
+        right=1 - 3.2 / width,
+        top=1 - 0.9 / height,
+        bottom=0.7 / height,
+        wspace=0.12,
+        hspace=0.35,
+    )
+    axes = [ax for row in grid for ax in row]
+    for extra in axes[count:]:
+        fig.delaxes(extra)
+    return fig, axes[:count]
+
+
+def draw_model(
+    model: str, runners: dict[str, list[CaseResult]], colours: dict[str, Any], axis: XAxis = LATENCY
+) -> Any | None:
+    """The Pareto figure of one model across its runners, one panel per batch size, or ``None`` if
+    no case is plottable.
 
     :param runners: runner -> that runner's cases of the model.
     :param colours: backend -> colour, shared by every figure of the report.
+    :param axis: what the horizontal axis holds: :data:`LATENCY` or :data:`ENERGY`.
     """
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    batches = {r.batch_size for cases in runners.values() for r in cases}
     score = model_score([r for cases in runners.values() for r in cases])  # one axis for every runner
-    by_runner = {name: plot_points(cases, name, len(batches) > 1, score) for name, cases in runners.items()}
-    points = [p for pts in by_runner.values() for p in pts]
+    panels = panel_points(runners, score, axis)
+    points = [p for by_runner in panels.values() for pts in by_runner.values() for p in pts]
     if not points:
         return None
     largest = max((p.size_bytes or 0) for p in points)
-    fig, ax = plt.subplots(figsize=(10, 6.2), dpi=130)
-    fig.subplots_adjust(left=0.09, right=0.74, top=0.9, bottom=0.11)
-    if wants_log_x([p.latency_ms for p in points]):
-        ax.set_xscale("log")
+    fig, axes = _figure(len(panels))
+    areas = {
+        batch: _scatter(ax, panels[batch], colours, largest) for ax, batch in zip(axes, panels, strict=True)
+    }
+    spread = (max(p.accuracy for p in points) - min(p.accuracy for p in points)) or 0.01
+    for ax, (batch, by_runner) in zip(axes, panels.items(), strict=True):
+        _frame(ax, [p for pts in by_runner.values() for p in pts], axis, batch)
+        ax.set_ylim(
+            min(p.accuracy for p in points) - spread * 0.4, max(p.accuracy for p in points) + spread * 0.4
+        )
+    for ax, by_runner in zip(axes, panels.values(), strict=True):
+        for index, (name, pts) in enumerate(by_runner.items()):
+            style = ("-", "--", ":", "-.")[index % 4]
+            _draw_frontier(ax, pts, name if len(by_runner) > 1 else None, style, score.higher_is_better)
+    axes[0].set_ylabel(axis_label(score))
+    fig.suptitle(plot_title(model, score, list(runners), axis), fontsize=11)
+    legend_ax = axes[min(len(axes), MAX_COLUMNS) - 1]  # the top row's last panel
+    _legends(legend_ax, panels, colours, largest)
+    fig.canvas.draw()
+    _label_panels(axes, panels, areas, legend_ax)
+    return fig
+
+
+def _scatter(
+    ax: Any, by_runner: dict[str, list[PlotPoint]], colours: dict[str, Any], largest: int
+) -> list[float]:
+    """Draw one panel's points (colour: backend, marker: runner, area: artifact size); their areas."""
     areas = []
     for index, pts in enumerate(by_runner.values()):
         marker = MARKERS[index % len(MARKERS)]
@@ -270,7 +402,7 @@ def draw_model(model: str, runners: dict[str, list[CaseResult]], colours: dict[s
             areas.append(area)
             colour = colours[p.backend]
             ax.scatter(
-                [p.latency_ms],
+                [p.x],
                 [p.accuracy],
                 s=area,
                 marker=marker,
@@ -280,20 +412,28 @@ def draw_model(model: str, runners: dict[str, list[CaseResult]], colours: dict[s
                 alpha=0.85,
                 zorder=3,
             )
-    _frame(ax, points, model, runners, score)
-    for index, (name, pts) in enumerate(by_runner.items()):
-        style = ("-", "--", ":", "-.")[index % 4]
-        _draw_frontier(ax, pts, name if len(by_runner) > 1 else None, style, score.higher_is_better)
-    _legends(ax, by_runner, colours, largest)
-    fig.canvas.draw()
-    labels, clean = place_labels(ax, points, areas)
-    if not clean:
-        for text in labels:
-            text.remove()
-        by_number, key = numbered(points)
-        place_labels(ax, by_number, areas)
-        _draw_key(ax, key)
-    return fig
+    return areas
+
+
+def _label_panels(axes: Sequence[Any], panels: Panels, areas: dict[int, list[float]], legend_ax: Any) -> None:
+    """Name every point; if any panel cannot place its names apart, number every point of the
+    figure instead (one number per configuration, the same in every panel) under one key."""
+    placed = []
+    clean = True
+    for ax, (batch, by_runner) in zip(axes, panels.items(), strict=True):
+        labels, ok = place_labels(ax, [p for pts in by_runner.values() for p in pts], areas[batch])
+        placed += labels
+        clean = clean and ok
+    if clean:
+        return
+    for text in placed:
+        text.remove()
+    everything = [p for by_runner in panels.values() for pts in by_runner.values() for p in pts]
+    numbers = label_numbers(everything)
+    for ax, (batch, by_runner) in zip(axes, panels.items(), strict=True):
+        pts = [replace(p, label=str(numbers[p.label])) for pts in by_runner.values() for p in pts]
+        place_labels(ax, pts, areas[batch])
+    _draw_key(legend_ax, [f"{n:>2}  {label}" for label, n in numbers.items()])
 
 
 def frontier_path(points: Sequence[PlotPoint], right: float, worst: float) -> tuple[list[float], list[float]]:
@@ -334,37 +474,34 @@ def _draw_frontier(
     ax.scatter(xs, ys, s=12, marker="*", color="0.1", zorder=4)
 
 
-def _frame(
-    ax: Any, points: Sequence[PlotPoint], model: str, runners: dict[str, list[CaseResult]], score: Score
-) -> None:
-    """Limits with room for labels, axis labels with units, grid and title."""
-    xs = [p.latency_ms for p in points]
-    ys = [p.accuracy for p in points]
-    if ax.get_xscale() == "log":
+def _frame(ax: Any, points: Sequence[PlotPoint], axis: XAxis, batch: int) -> None:
+    """One panel's horizontal limits with room for labels, its axis label with the unit, grid and title."""
+    xs = [p.x for p in points]
+    if wants_log_x(xs):
+        ax.set_xscale("log")
         ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
     else:
         pad = (max(xs) - min(xs)) * 0.15 or max(xs) * 0.2
         ax.set_xlim(max(0.0, min(xs) - pad), max(xs) + pad)
-    spread = (max(ys) - min(ys)) or 0.01
-    ax.set_ylim(min(ys) - spread * 0.4, max(ys) + spread * 0.4)
     scale = " (log scale)" if ax.get_xscale() == "log" else ""
-    ax.set_xlabel(f"p50 latency per call (ms){scale}  ←  faster")
-    ax.set_ylabel(axis_label(score))
+    ax.set_xlabel(f"{axis.label}{scale}  ←  {axis.better}")
     ax.grid(True, which="major", color="0.9", lw=0.8)
     ax.set_axisbelow(True)
-    ax.set_title(plot_title(model, score, list(runners)), fontsize=11)
+    ax.set_title(f"batch {batch}", fontsize=10)
 
 
-def _legends(ax: Any, by_runner: dict[str, list[PlotPoint]], colours: dict[str, Any], largest: int) -> None:
+def _legends(ax: Any, panels: Panels, colours: dict[str, Any], largest: int) -> None:
     """Backend colours, runner markers, marker sizes and the frontier, outside the axes on the right."""
     from matplotlib.lines import Line2D
 
-    used = sorted({p.backend for pts in by_runner.values() for p in pts})
+    every = [p for by_runner in panels.values() for pts in by_runner.values() for p in pts]
+    runners = list(dict.fromkeys(name for by_runner in panels.values() for name in by_runner))
+    used = sorted({p.backend for p in every})
     handles = [Line2D([], [], ls="", marker="o", ms=8, color=colours[b], label=b) for b in used]
-    if len(by_runner) > 1:
+    if len(runners) > 1:
         handles += [
             Line2D([], [], ls="", marker=MARKERS[i % len(MARKERS)], ms=8, color="0.4", label=f"runner {name}")
-            for i, name in enumerate(by_runner)
+            for i, name in enumerate(runners)
         ]
     if largest:
         for fraction in (1.0, 0.25):
@@ -373,7 +510,7 @@ def _legends(ax: Any, by_runner: dict[str, list[PlotPoint]], colours: dict[str, 
             handles.append(
                 Line2D([], [], ls="", marker="o", ms=ms, color="0.75", label=f"size {human_bytes(size)}")
             )
-    if any(not p.passed for pts in by_runner.values() for p in pts):
+    if any(not p.passed for p in every):
         handles.append(
             Line2D([], [], ls="", marker="o", ms=8, mfc="none", color="0.3", label="failed a gate")
         )
@@ -401,9 +538,10 @@ def backend_colours(documents: Sequence[ResultsDocument]) -> dict[str, Any]:
 
 
 def write_pareto_plots(directory: Path, documents: Sequence[ResultsDocument]) -> dict[str, list[Path]]:
-    """Write ``pareto-<model>.png`` and ``.svg`` for every model with a plottable case.
+    """Write ``pareto-<model>.png`` and ``.svg`` for every model with a plottable case, and
+    ``pareto-<model>-energy.png``/``.svg`` for a model whose cases measured their energy.
 
-    :returns: model -> the files written for it.
+    :returns: model -> the files written for it, the latency figure's PNG first.
     """
     import matplotlib
 
@@ -417,14 +555,16 @@ def write_pareto_plots(directory: Path, documents: Sequence[ResultsDocument]) ->
             models.setdefault(r.model, {}).setdefault(doc.runner, []).append(r)
     written: dict[str, list[Path]] = {}
     for model in sorted(models):
-        fig = draw_model(model, models[model], colours)
-        if fig is None:
-            continue
-        paths = [Path(directory) / f"pareto-{model}.png", Path(directory) / f"pareto-{model}.svg"]
-        # No date and a fixed id salt keep the SVG byte-stable across re-renders, so it diffs well.
-        with matplotlib.rc_context({"svg.hashsalt": "perfgate"}):
-            fig.savefig(paths[0], bbox_inches="tight")
-            fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
-        plt.close(fig)
-        written[model] = paths
+        for axis in (LATENCY, ENERGY):
+            fig = draw_model(model, models[model], colours, axis)
+            if fig is None:
+                continue
+            stem = f"pareto-{model}{axis.file_suffix}"
+            paths = [Path(directory) / f"{stem}.png", Path(directory) / f"{stem}.svg"]
+            # No date and a fixed id salt keep the SVG byte-stable across re-renders, so it diffs well.
+            with matplotlib.rc_context({"svg.hashsalt": "perfgate"}):
+                fig.savefig(paths[0], bbox_inches="tight")
+                fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+            plt.close(fig)
+            written.setdefault(model, []).extend(paths)
     return written
