@@ -65,6 +65,9 @@ class BaselineCase:
     settings: dict[str, Any]
     hardware: dict[str, Any] = field(default_factory=dict)
     sessions: tuple[SessionSummary, ...] = ()
+    # Its operators' time per call when it was stored (perfgate.profiling), or None: what a
+    # later regression's profile is compared with.
+    profile: dict[str, Any] | None = None
 
     @property
     def metric(self) -> float | None:
@@ -196,6 +199,9 @@ def _validated_case(
     environment = case.get("environment")
     hardware = default_hardware if environment is None else environments.get(environment, default_hardware)
     sessions = _sessions(path, case_id, case.get("sessions"), samples, reference)
+    profile = case.get("profile")
+    if profile is not None and not _valid_profile(profile):
+        raise _problem(path, case_id, "'profile' is not a table whose operators_us maps operator names to times >= 0")
     return BaselineCase(
         case_id=case_id,
         samples_s=samples,
@@ -204,6 +210,14 @@ def _validated_case(
         settings=settings,
         hardware=hardware if isinstance(hardware, dict) else {},
         sessions=sessions,
+        profile=profile,
+    )
+
+
+def _valid_profile(profile: Any) -> bool:
+    operators = profile.get("operators_us") if isinstance(profile, dict) else None
+    return isinstance(operators, dict) and all(
+        isinstance(name, str) and _finite(us) and us >= 0 for name, us in operators.items()
     )
 
 
@@ -413,6 +427,11 @@ def _refresh_locked(
             "samples_stored": len(benches[result.case_id]["stats"]["data"]),
             "samples_measured": len(result.samples_s),
         }
+        if result.profile and result.profile.get("operators_us"):
+            # The compact summary only: a trace file lives in this run's cache, not in review.
+            cases[result.case_id]["profile"] = {
+                k: result.profile[k] for k in ("source", "runs", "operators_us")
+            }
         environments[environment] = hardware
         action = "replaced" if old else "added"
         changes.append(Change(result.case_id, action, _p50_ms(old), _p50_ms(benches[result.case_id])))

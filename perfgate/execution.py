@@ -23,12 +23,13 @@ from perfgate.gates import (
     Verdict,
     accuracy_verdicts,
 )
-from perfgate.guard import CaseGuard
+from perfgate.guard import CaseGuard, error_line
 from perfgate.hardware import detect
 from perfgate.matrix import Case
 from perfgate.memory import PeakMemory, gpu_peak_memory
 from perfgate.model_kinds import MODEL_KINDS
 from perfgate.models import LoadedModel
+from perfgate.profiling import ProfileUnavailable, profile_folder
 from perfgate.reference_workload import measure_reference
 from perfgate.results import CaseResult, Measurement
 from perfgate.session import PerfgateSession
@@ -308,9 +309,56 @@ class CaseRun:
         self.result.latency = LatencyStats.from_samples(samples, per_call) if samples else None
 
     def check_regression(self) -> None:
-        """Time the reference workload, then judge the case against its baseline (see ``_check_regression``)."""
+        """Time the reference workload, then judge the case against its baseline (see
+        ``_check_regression``); then profile it if asked (see ``_profile_if_asked``), a failed
+        verdict included: its report says where the time went."""
         with self.guard.step("regression"):
-            self._check_regression()
+            try:
+                self._check_regression()
+            finally:
+                self._profile_if_asked()
+
+    def _profile_if_asked(self) -> None:
+        """Profile the case once its last session is done: its regression confirmed under
+        ``--perf-trace-failures``, its id under ``--perf-trace-case``, or a baseline refresh."""
+        if self.result.pending or self._current_samples is None or self.runtime is None:
+            return
+        regression = self.result.verdict("regression")
+        if regression is not None and regression.status == "fail" and self.session.trace_failures:
+            self._profile("failure")
+        elif self.case.id in self.session.trace_cases:
+            self._profile("request")
+        elif self.session.profile_refresh:
+            self._profile("refresh")
+
+    def _profile(self, trigger: str) -> None:
+        """One run under the backend's own profiler, into ``result.profile``; never fails the case."""
+        assert self.artifact is not None and self.request is not None and self.model is not None
+        self.session.progress(f"{self.case.id}: profiling ({trigger})")
+        folder = profile_folder(self.session.cache.root / "profiles", self.case.id, trigger)
+        inputs = self.model.data.example(self.case.batch_size)
+        try:
+            profile = self.backend.profile(
+                self.artifact,
+                self.request,
+                self._run_settings(),
+                self.runtime,
+                inputs,
+                folder,  # type: ignore[arg-type]
+            )
+        except ProfileUnavailable as exc:
+            self.result.profile = {"trigger": trigger, "unavailable": str(exc)}
+        except Exception as exc:  # a profiler's own failure is reported, never the case's
+            self.result.profile = {
+                "trigger": trigger,
+                "unavailable": f"the profiler failed: {error_line(exc)}",
+            }
+        else:
+            self.result.profile = {"trigger": trigger, **profile.summary(), "files": profile.files}
+            baseline = self._baseline_case() if self.compare else None
+            if baseline is not None and baseline.profile:
+                # Carried with the result, so that a report rendered later (merged) still compares.
+                self.result.profile["baseline_operators_us"] = baseline.profile["operators_us"]
 
     def _check_regression(self) -> None:
         """Time the reference workload next to the case, then judge it against this runner's baseline.

@@ -115,6 +115,9 @@ OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--perf-gate",), {"choices": ("baseline", "history"), "default": "baseline", "help": "what a case is judged against: 'baseline', this runner's baseline file under --benchmark-compare; 'history', the last accepted runs of this machine in the history store, which turns the gate on by itself (default: baseline)"}),
     (("--perf-isolate",), {"action": "store_true", "help": "run each case in a child process, so that a crash or a hang fails only that case (default: off; docs/failure-handling.md)"}),
     (("--perf-serve",), {"metavar": "FDS", "help": argparse.SUPPRESS}),  # an isolation child's pipes
+    (("--perf-trace-failures",), {"action": "store_true", "help": "profile each case whose regression is confirmed, under its backend's own profiler, and show in the report the operators whose time grew most against the baseline's profile (default: on under --benchmark-compare)"}),
+    (("--perf-no-trace-failures",), {"action": "store_true", "help": "do not profile the cases that regressed (default: they are, under --benchmark-compare)"}),
+    (("--perf-trace-case",), {"action": "append", "metavar": "ID", "help": "profile this case after it is timed (repeat it for several; default: none)"}),
     (("--perf-report",), {"metavar": "DIR", "help": "write results.json, report.md and a Pareto plot per model (pareto-MODEL.png/.svg, needs matplotlib) into DIR (default: no report)"}),
 ]
 DEFAULTS: dict[str, Any] = {_dest(names): attrs.get("default") for names, attrs in OPTIONS}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import importlib.util
 import json
 import math
+import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,6 +18,7 @@ from perfgate.cache import atomic_write_text
 from perfgate.gates import Verdict
 from perfgate.jsonio import write_json
 from perfgate.pareto import Score, model_score
+from perfgate.profiling import growth, growth_lines
 from perfgate.results import RESULTS_SCHEMA_VERSION, UNFINISHED, CaseResult, ResultsDocument
 from perfgate.units import human_bytes
 
@@ -241,14 +244,13 @@ def regression_lines(results: Sequence[CaseResult], drift: Sequence[dict[str, st
     ]
     lines = ["", *text_table(COMPARISON_COLUMNS, rows), RATIO_NOTE]
     lines += unstable_lines(results)
-    lines += [
-        f"{r.case_id}: {v.message}" for r, v in compared if v.status == "insufficient"
-    ]
+    lines += [f"{r.case_id}: {v.message}" for r, v in compared if v.status == "insufficient"]
     lines += [
         f"incomparable: {result.case_id}: {incomparable_reasons(verdict)}"
         for result, verdict in compared
         if is_incomparable(verdict)
     ]
+    lines += [f"{r.case_id}: {line}" for r in results if r.profile for line in growth_lines(r.profile)]
     return lines + _drift_text(drift)
 
 
@@ -453,6 +455,46 @@ def _comparison_section(documents: Sequence[ResultsDocument]) -> list[str]:
                 "",
             ]
     return lines
+
+
+GROWTH_COLUMNS = ("operator", "baseline us/call", "now us/call", "grew by us", "ratio")
+
+
+def _profile_section(documents: Sequence[ResultsDocument]) -> list[str]:
+    """Where each profiled case's time went: for a regression, the operators whose time grew most
+    against the baseline's profile; the profiler's own files linked."""
+    lines: list[str] = []
+    for doc in documents:
+        for r in sorted(doc.cases, key=lambda r: (r.profile or {}).get("trigger") != "failure"):
+            profile = r.profile
+            if not profile:
+                continue
+            what = {"failure": "regressed", "request": "asked for", "refresh": "refreshed"}.get(
+                profile.get("trigger", ""), ""
+            )
+            lines += [f"### `{r.case_id}` ({what}, runner `{doc.runner}`)", ""]
+            then = profile.get("baseline_operators_us")
+            grown = growth(profile.get("operators_us") or {}, then) if then else []
+            if grown:
+                rows = [_growth_row(g) for g in grown]
+                lines += [
+                    f"Operators whose time grew most against the baseline's profile ({profile['source']}, "
+                    f"{profile['runs']} calls):",
+                    "",
+                    *markdown_table(GROWTH_COLUMNS, rows),
+                    "",
+                ]
+            else:
+                lines += [_md(line) for line in growth_lines(profile)] + [""]
+            files = profile.get("files") or []
+            if files:
+                lines += ["Profiler files: " + ", ".join(f"[{Path(f).name}]({f})" for f in files), ""]
+    return ["## Where the time went", "", *lines] if lines else []
+
+
+def _growth_row(g: Any) -> list[str]:
+    ratio = "new" if g.ratio is None else f"x{g.ratio:.2f}"
+    return [f"`{g.operator}`", _fmt(g.baseline_us, ".1f"), f"{g.current_us:.1f}", f"+{g.delta_us:.1f}", ratio]
 
 
 RATIO_NOTE = (
@@ -700,6 +742,7 @@ def report_markdown(
             "",
         ]
     lines += _comparison_section(documents)
+    lines += _profile_section(documents)
     lines += _model_sections(documents, plots or {})
     lines += [legend(), ""]
     return lines + _environment_section(documents) + _drift_section(documents)
@@ -744,6 +787,7 @@ def write_report(directory: Path, results: Sequence[CaseResult], meta: dict[str,
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    results = [_with_profile_files(r, directory) for r in results]
     document = results_document(results, meta)
     write_json(directory / "results.json", document)
     meta = {k: v for k, v in document.items() if k != "cases"}
@@ -751,6 +795,23 @@ def write_report(directory: Path, results: Sequence[CaseResult], meta: dict[str,
         directory / "results.json",
         *render(directory, [ResultsDocument(meta, list(results))], plots=_can_plot()),
     ]
+
+
+def _with_profile_files(result: CaseResult, directory: Path) -> CaseResult:
+    """The result with its profiler's files copied under ``directory/profiles/<case id>/`` and
+    named relative to the report (they were written into this run's artifact cache)."""
+    files = (result.profile or {}).get("files") or []
+    if not files or not any(Path(f).is_absolute() for f in files):
+        return result
+    target = directory / "profiles" / result.case_id
+    target.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in files:
+        source = Path(name)
+        if source.is_file():
+            shutil.copyfile(source, target / source.name)
+            copied.append((target / source.name).relative_to(directory).as_posix())
+    return dataclasses.replace(result, profile={**(result.profile or {}), "files": copied})
 
 
 def _can_plot() -> bool:

@@ -129,6 +129,10 @@ class CaseResult:
     error: str | None = None
     # What the terminal leaves out: the full traceback of an error, the log tail of a crash.
     details: str | None = None
+    # Where the case's time went, when it was profiled (perfgate.profiling): its trigger
+    # ("failure", "request", "refresh"), the profiler, the calls, ``operators_us`` (us per call of
+    # its slowest operators) and the profiler's ``files``; or ``unavailable`` with the reason.
+    profile: dict[str, Any] | None = None
 
     @classmethod
     def for_case(cls, case: Any, runner: str, nodeid: str) -> CaseResult:

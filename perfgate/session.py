@@ -70,6 +70,11 @@ class PerfgateSession:
     # Under --perf-gate history: the history gate's verdict for a case's sessions, instead of the
     # baseline file's (perfgate.history).
     history_judge: Callable[[Any, list[Any]], Any] | None = None
+    # What to profile after timing (perfgate.profiling): a confirmed regression, the cases asked
+    # for by id, every case of a baseline refresh (its summary is stored with the baseline).
+    trace_failures: bool = False
+    trace_cases: frozenset[str] = frozenset()
+    profile_refresh: bool = False
     counter: MatrixProgress = field(default_factory=MatrixProgress)
     _models: dict[str, LoadedModel] = field(default_factory=dict)
     _references: dict[str, np.ndarray] = field(default_factory=dict)

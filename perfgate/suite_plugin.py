@@ -174,6 +174,8 @@ def _check_options(config: pytest.Config) -> None:
             f"--benchmark-compare needs timings, and {untimed} disables them: the gate would judge nothing "
             "and every case would pass. Drop it, or drop --benchmark-compare for an accuracy-only run"
         )
+    if option(config, "perf_trace_failures") and option(config, "perf_no_trace_failures"):
+        raise pytest.UsageError("--perf-trace-failures and --perf-no-trace-failures contradict each other: pick one")
     repeats = option(config, "perf_repeats")
     if repeats is not None and repeats < 1:
         raise pytest.UsageError(f"--perf-repeats {repeats}: a case needs at least 1 session")
@@ -239,8 +241,19 @@ def perfgate_session(config: pytest.Config) -> PerfgateSession:
             on_hang=lambda message: _on_hang(config, message),
             concurrent_runs=lambda: _concurrent_runs(config),
             history_judge=judge,
+            trace_failures=_trace_failures(config),
+            trace_cases=frozenset(option(config, "perf_trace_case") or ()),
+            # --perf-refresh-changed refreshes the failures, already profiled: no case pays for more.
+            profile_refresh=bool(option(config, "perf_refresh_baselines") and not option(config, "perf_refresh_changed")),
         )
     return session
+
+
+def _trace_failures(config: pytest.Config) -> bool:
+    """Profile a confirmed regression: asked for, or by default under the gate, unless refused."""
+    if option(config, "perf_no_trace_failures"):
+        return False
+    return bool(option(config, "perf_trace_failures") or config.stash[COMPARE] or option(config, "perf_gate") == "history")
 
 
 def _history_path(config: pytest.Config, matrix: Any = None) -> Path | None:

@@ -174,3 +174,25 @@ def seeded_mlp(ctx: ModelContext) -> nn.Module:
 def per_sample_error(outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """A broken metric: one error per sample (an array), not the one number a metric returns."""
     return np.abs(outputs.reshape(len(outputs), -1)[:, 0] - targets)
+
+
+class WidenedProbe(nn.Module):
+    """The tiny MLP beside a probe matmul of PERFGATE_TEST_PROBE_WIDTH columns whose result adds
+    nothing the float32 outputs can show: widening it slows one operator for real, in torch
+    (``aten::mm``) and in its ONNX export (the ``/MatMul`` node), and changes no prediction."""
+
+    def __init__(self, inner: nn.Module, width: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("probe", torch.full((16, width), 1e-3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probe = torch.matmul(x, self.probe).mean(-1, keepdim=True)
+        return self.inner(x) + probe * 1e-30
+
+    def extra_repr(self) -> str:
+        return f"probe width {self.probe.shape[1]}"
+
+
+def probed_mlp(ctx: ModelContext) -> nn.Module:
+    return WidenedProbe(tiny_mlp(ctx), int(os.environ.get("PERFGATE_TEST_PROBE_WIDTH", "64")))

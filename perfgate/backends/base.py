@@ -17,6 +17,8 @@ from perfgate.model_kinds import TORCH
 if TYPE_CHECKING:  # numpy is imported where arrays are made: importing the registry stays cheap
     import numpy as np
 
+    from perfgate.profiling import OperatorProfile
+
 
 @dataclass(frozen=True)
 class BuildRequest:
@@ -143,6 +145,30 @@ class Backend:
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> Session:
         raise NotImplementedError
+
+    def profile(
+        self,
+        artifact: Artifact,
+        request: BuildRequest,
+        settings: RunSettings,
+        session: Session,
+        inputs: np.ndarray,
+        folder: Path,
+    ) -> OperatorProfile:
+        """Run the case under the backend's own profiler, outside any timed round.
+
+        :param artifact: what ``build`` returned.
+        :param request: the case's build request.
+        :param settings: its thread settings.
+        :param session: its loaded session, bound to ``inputs`` (a profiler that wraps calls,
+            torch's, runs it; one configured at load, ONNX Runtime's, loads its own).
+        :param inputs: the batch the case is timed on.
+        :param folder: where the profiler's own files go (a trace, a table).
+        :raises ProfileUnavailable: the backend has no profiler perfgate reads; the message says so.
+        """
+        from perfgate.profiling import ProfileUnavailable
+
+        raise ProfileUnavailable(f"{self.name} has no per-operator profiler that perfgate reads")
 
     def inspect(self, artifact: Artifact) -> dict[str, int]:
         """What the built artifact's compute ops really run in: ``quantized_ops`` and ``float_ops``.

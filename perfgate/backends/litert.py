@@ -324,6 +324,16 @@ class LiteRtCpuBackend(Backend):
             info = _load_json(record)
         return hit, info
 
+    def profile(
+        self, artifact: Artifact, request: BuildRequest, settings: RunSettings, session: Any, inputs: Any, folder: Path
+    ) -> Any:
+        from perfgate.profiling import ProfileUnavailable
+
+        raise ProfileUnavailable(
+            "LiteRT's Python interpreter offers no per-operator profiler (its C++ benchmark_model tool "
+            "has one: benchmark_model --graph=<the case's .tflite> --enable_op_profiling=true)"
+        )
+
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> LiteRtSession:
         interpreter_type = interpreter_class()
         interpreter = interpreter_type(model_path=str(artifact.path), num_threads=settings.intra_op_threads)

@@ -12,6 +12,7 @@ from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
 from perfgate.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.model_kinds import CLASSICAL, TORCH
+from perfgate.profiling import OperatorProfile, profiled_runs
 
 
 def quantize_dynamic_onnx(request: BuildRequest, fp32: Path) -> CacheHit:
@@ -192,6 +193,23 @@ def _all_nodes(graph: Any) -> Iterator[Any]:
                 yield from _all_nodes(subgraph)
 
 
+def node_times(trace: Path, runs: int) -> dict[str, float]:
+    """Each node's kernel time per call from an ONNX Runtime profile: its ``Node`` events named
+    ``<node>_kernel_time``, summed and divided by ``runs``, keyed ``<node> (<op type>)``."""
+    import json
+
+    totals: dict[str, float] = {}
+    suffix = "_kernel_time"
+    for event in json.loads(trace.read_text()):
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith(suffix):
+            continue
+        op = (event.get("args") or {}).get("op_name", "?")
+        key = f"{name[: -len(suffix)]} ({op})"
+        totals[key] = totals.get(key, 0.0) + float(event.get("dur", 0))
+    return {key: total / runs for key, total in totals.items()}
+
+
 class OrtSession:
     """An InferenceSession whose feed is built once, outside the timed call.
 
@@ -259,7 +277,8 @@ class OnnxRuntimeCpuBackend(Backend):
             info={"lowering": request.lowering, "onnx": str(steps[0].path)},
         )
 
-    def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> OrtSession:
+    def session_options(self, settings: RunSettings) -> Any:
+        """The SessionOptions every session of a case is made with: all rewrites, its threads."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -268,6 +287,12 @@ class OnnxRuntimeCpuBackend(Backend):
             options.intra_op_num_threads = settings.intra_op_threads
         if settings.inter_op_threads is not None:
             options.inter_op_num_threads = settings.inter_op_threads
+        return options
+
+    def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> OrtSession:
+        import onnxruntime as ort
+
+        options = self.session_options(settings)
         session = ort.InferenceSession(str(artifact.path), options, providers=list(self.providers))
         return OrtSession(
             session,
@@ -278,6 +303,23 @@ class OnnxRuntimeCpuBackend(Backend):
                 "onnxruntime_version": ort.__version__,
             },
         )
+
+    def profile(
+        self, artifact: Artifact, request: BuildRequest, settings: RunSettings, session: Any, inputs: Any, folder: Path
+    ) -> OperatorProfile:
+        """ONNX Runtime's own session profiling on a session of its own (profiling is set at load):
+        each node's kernel time per call, named ``<node> (<op type>)``; its JSON trace in ``folder``."""
+        import onnxruntime as ort
+
+        options = self.session_options(settings)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(folder / "onnxruntime")
+        profiled = ort.InferenceSession(str(artifact.path), options, providers=list(self.providers))
+        feed = {INPUT_NAME: inputs}
+        profiled.run([OUTPUT_NAME], feed)  # its first call is profiled too, and counted
+        runs = 1 + profiled_runs(lambda: profiled.run([OUTPUT_NAME], feed))
+        trace = Path(profiled.end_profiling())
+        return OperatorProfile("onnxruntime", runs, node_times(trace, runs), [str(trace.resolve())])
 
     def inspect(self, artifact: Artifact) -> dict[str, int]:
         """Quantized and float compute nodes of the graph that runs (see :func:`count_onnx_ops`).

@@ -48,6 +48,7 @@ from perfgate.backends.onnx_export import export_onnx
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.jsonio import dumps_stable
 from perfgate.model_kinds import CLASSICAL, TORCH
+from perfgate.profiling import OperatorProfile, profiled_runs
 
 # Lowering -> the inference precision it asks of the CPU plugin.
 PRECISIONS = {"none": "f32", "int8_static": "f32", "int8_qat": "f32", "fp16": "f16", "bf16": "bf16"}
@@ -345,14 +346,21 @@ class OpenVinoCpuBackend(Backend):
             info={"lowering": request.lowering, "onnx": str(onnx.path), **info},
         )
 
+    def config(self, request: BuildRequest, settings: RunSettings) -> dict[str, Any]:
+        """The CPU plugin's configuration of a case: its hint, its precision, its threads."""
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": self.hint,
+            "INFERENCE_PRECISION_HINT": PRECISIONS[request.lowering],
+        }
+        if settings.intra_op_threads is not None:
+            config["INFERENCE_NUM_THREADS"] = settings.intra_op_threads
+        return config
+
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> Any:
         import openvino as ov
 
         wanted = PRECISIONS[request.lowering]
-        config: dict[str, Any] = {"PERFORMANCE_HINT": self.hint, "INFERENCE_PRECISION_HINT": wanted}
-        if settings.intra_op_threads is not None:
-            config["INFERENCE_NUM_THREADS"] = settings.intra_op_threads
-        compiled = ov.Core().compile_model(str(artifact.path), "CPU", config)
+        compiled = ov.Core().compile_model(str(artifact.path), "CPU", self.config(request, settings))
         actual = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if actual != wanted:  # the CPU plugin falls back silently; a bf16 run is no fp16 result
             skip_case(
@@ -367,6 +375,36 @@ class OpenVinoCpuBackend(Backend):
             **{k: v for k, v in artifact.info.items() if k not in ("lowering", "onnx")},
         }
         return self.sessions[self.hint](compiled, recorded)
+
+    def profile(
+        self, artifact: Artifact, request: BuildRequest, settings: RunSettings, session: Any, inputs: Any, folder: Path
+    ) -> OperatorProfile:
+        """OpenVINO's ``PERF_COUNT`` on a model compiled with it (it is set at compile time): each
+        executed layer's real time per call, named ``<layer> (<type>, <kernel>)``, summed over the
+        calls of one synchronous request; the per-layer table in ``folder``."""
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(
+            str(artifact.path), "CPU", {**self.config(request, settings), "PERF_COUNT": True}
+        )
+        infer = compiled.create_infer_request()
+        infer.set_input_tensor(ov.Tensor(inputs, shared_memory=True))
+        infer.infer()  # the first call's lazy work is not the model's time
+        totals: dict[str, float] = {}
+
+        def call() -> None:
+            infer.infer()
+            for info in infer.get_profiling_info():  # the last call's layers
+                if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_RUN"):
+                    key = f"{info.node_name} ({info.node_type}, {info.exec_type})"
+                    totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds() * 1e6
+
+        runs = profiled_runs(call)
+        operators = {key: total / runs for key, total in totals.items()}
+        table = folder / "openvino_layers.txt"
+        ranked = sorted(operators.items(), key=lambda item: -item[1])
+        table.write_text("".join(f"{us:12.3f} us  {name}\n" for name, us in ranked))
+        return OperatorProfile("openvino PERF_COUNT", runs, operators, [str(table)])
 
     def inspect(self, artifact: Artifact) -> dict[str, int]:
         """Quantized and float compute ops of the IR that runs (see :func:`count_ir_ops`).

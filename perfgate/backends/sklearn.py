@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,6 +87,16 @@ class SklearnBackend(Backend):
         estimator = copy.deepcopy(request.model)
         size = MODEL_KINDS[CLASSICAL].weight_bytes(estimator)
         return Artifact(None, size, time.perf_counter() - start, cached=False, payload=estimator)
+
+    def profile(
+        self, artifact: Artifact, request: BuildRequest, settings: RunSettings, session: Any, inputs: Any, folder: Path
+    ) -> Any:
+        from perfgate.profiling import ProfileUnavailable
+
+        raise ProfileUnavailable(
+            "an estimator's predict is one library call: scikit-learn, XGBoost and LightGBM expose no "
+            "per-operator profile (profile the ONNX Runtime case of the same model for its operators)"
+        )
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> EstimatorSession:
         estimator = artifact.payload

@@ -35,6 +35,7 @@ from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
 from perfgate.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from perfgate.cache import CacheHit, stable_hash
 from perfgate.cuda_timing import CudaEventTimer, copies_timed
+from perfgate.profiling import OperatorProfile, ProfileUnavailable, profiled_runs
 
 WORKSPACE_BYTES = 4 << 30  # builder scratch memory; the H200 has plenty, tiny models need little
 CALIBRATORS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
@@ -378,6 +379,34 @@ class TensorRTBackend(Backend):
             "calibration_data": request.data.fingerprint(),
         }
         return onnx, EngineSpec(request.lowering, profile, shape, False, method, batches), extra
+
+    def profile(
+        self, artifact: Artifact, request: BuildRequest, settings: RunSettings, session: Any, inputs: Any, folder: Path
+    ) -> OperatorProfile:
+        """TensorRT's ``IProfiler`` on the case's own execution context: each layer's time per call
+        as TensorRT reports it at the stream's synchronization. Not yet run on a GPU (docs/gpu.md)."""
+        import tensorrt as trt
+
+        totals: dict[str, float] = {}
+
+        class LayerTimes(trt.IProfiler):
+            def __init__(self) -> None:
+                trt.IProfiler.__init__(self)
+
+            def report_layer_time(self, layer_name: str, ms: float) -> None:
+                totals[layer_name] = totals.get(layer_name, 0.0) + ms * 1e3
+
+        reporter = LayerTimes()
+        session.context.profiler = reporter
+
+        def call() -> None:
+            session.run()
+            session.synchronize()
+
+        runs = profiled_runs(call)
+        if not totals:
+            raise ProfileUnavailable("TensorRT's profiler reported no layer time for this engine")
+        return OperatorProfile("tensorrt IProfiler", runs, {k: v / runs for k, v in totals.items()})
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> TensorRTSession:
         assert artifact.path is not None

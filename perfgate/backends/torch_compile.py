@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import time
 import warnings
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
-from perfgate.backends.torch_eager import TorchSession, count_torch_ops, in_memory_artifact
+from perfgate.backends.torch_eager import TorchSession, count_torch_ops, in_memory_artifact, profile_torch
+from perfgate.profiling import OperatorProfile
 
 
 def compile_module(module: torch.nn.Module, example: torch.Tensor, threads: int | None) -> tuple[Any, float]:
@@ -76,6 +78,11 @@ class TorchCompileCpuBackend(Backend):
             lowering=request.lowering,
             compiled_threads=threads or torch.get_num_threads(),
         )
+
+    def profile(
+        self, artifact: Artifact, request: BuildRequest, settings: RunSettings, session: Any, inputs: Any, folder: Path
+    ) -> OperatorProfile:
+        return profile_torch(session, folder, cuda=False)
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> TorchSession:
         compiled, recompile_s = artifact.payload, None

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
-from perfgate.backends.torch_eager import TorchSession, in_memory_artifact
+from perfgate.backends.torch_eager import TorchSession, in_memory_artifact, profile_torch
 from perfgate.cuda_timing import CudaEventTimer, copies_timed
+from perfgate.profiling import OperatorProfile
 
 LOWERING_DTYPES = {"none": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CUDA_TORCH_HINT = (
@@ -152,6 +154,11 @@ class TorchCudaBackend(Backend):
         module = cuda_module(request)
         torch.cuda.synchronize()
         return in_memory_artifact(module, module, time.perf_counter() - start, lowering=request.lowering)
+
+    def profile(
+        self, artifact: Artifact, request: BuildRequest, settings: RunSettings, session: Any, inputs: Any, folder: Path
+    ) -> OperatorProfile:
+        return profile_torch(session, folder, cuda=True)
 
     def load(self, artifact: Artifact, request: BuildRequest, settings: RunSettings) -> CudaTorchSession:
         session = self.session_class(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
 from perfgate.model_kinds import MODEL_KINDS, TORCH
+from perfgate.profiling import OperatorProfile, profiled_runs
 
 
 def serialized_size(module: torch.nn.Module) -> int:
@@ -150,6 +152,32 @@ class TorchSession:
         torch.set_num_threads(self._restore_threads)
 
 
+def profile_torch(session: Any, folder: Path, cuda: bool = False) -> OperatorProfile:
+    """``torch.profiler`` around the session's calls: each aten operator's self time per call (on
+    the device for a CUDA case), a Chrome trace and the top-operators table in ``folder``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def call() -> None:
+        session.run()
+        session.synchronize()
+
+    call()  # a first call outside the profile: lazy initialisation is not the model's time
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as profiler:
+        runs = profiled_runs(call)
+    averages = profiler.key_averages()
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+    operators = {}
+    for event in averages:
+        total = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if total > 0:
+            operators[event.key] = total / runs
+    trace, table = folder / "trace.json", folder / "top_operators.txt"
+    profiler.export_chrome_trace(str(trace))
+    table.write_text(averages.table(sort_by=sort_by, row_limit=25) + "\n")
+    return OperatorProfile("torch.profiler", runs, operators, [str(trace), str(table)])
+
+
 class TorchEagerBackend(Backend):
     """Runs the torch module as it is, after the technique's lowering."""
 
@@ -178,6 +206,11 @@ class TorchEagerBackend(Backend):
             "quantized_engine": torch.backends.quantized.engine,
         }
         return session
+
+    def profile(
+        self, artifact: Artifact, request: BuildRequest, settings: RunSettings, session: Any, inputs: Any, folder: Path
+    ) -> OperatorProfile:
+        return profile_torch(session, folder, cuda=self.device == "cuda")
 
     def inspect(self, artifact: Artifact) -> dict[str, int]:
         """Quantized and float compute modules of the lowered module (see :func:`count_torch_ops`).
