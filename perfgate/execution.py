@@ -279,6 +279,8 @@ class CaseRun:
         if timing is None:
             self._show_settings()
             return
+        if self.pass_kind == "first":
+            self._measure_energy(step)
         self._current_samples = list(timing.samples_s)
         summary = SessionSummary.from_samples(timing.samples_s, self.pass_kind).to_dict()
         self.result.sessions.append({**summary, "kept": True, "samples_s": thin(timing.samples_s)})
@@ -289,6 +291,22 @@ class CaseRun:
             copies = bool(facts.copies_timed)
             facts.device_timing = record_device_timing(device_timer, timing.samples_s, copies)
         self._show_settings()
+
+    def _measure_energy(self, step: Any) -> None:
+        """Energy per inference in its own loop after the timed rounds, where a counter exists
+        (perfgate.energy); otherwise the reason, at no cost."""
+        from perfgate.energy import measure_energy, unavailable
+
+        if self.session.energy_s <= 0:
+            return
+        counter = self.session.energy_counter(self.case.device)
+        if isinstance(counter, str):
+            self.result.energy = unavailable(counter).to_dict()
+            return
+        self.session.progress(f"{self.case.id}: energy ({self.session.energy_s:g} s)")
+        per_call = self.case.batch_size * self.result.measurement.batches_per_call
+        reading = measure_energy(step, counter, per_call, self.session.energy_s)
+        self.result.energy = reading.to_dict()
 
     def _show_settings(self) -> None:
         """Keep the settings in pytest-benchmark's ``extra_info`` as stored: with perfgate's facts."""
@@ -334,6 +352,7 @@ class CaseRun:
     def _profile(self, trigger: str) -> None:
         """One run under the backend's own profiler, into ``result.profile``; never fails the case."""
         assert self.artifact is not None and self.request is not None and self.model is not None
+        assert self.runtime is not None
         self.session.progress(f"{self.case.id}: profiling ({trigger})")
         folder = profile_folder(self.session.cache.root / "profiles", self.case.id, trigger)
         inputs = self.model.data.example(self.case.batch_size)
@@ -344,7 +363,7 @@ class CaseRun:
                 self._run_settings(),
                 self.runtime,
                 inputs,
-                folder,  # type: ignore[arg-type]
+                folder,
             )
         except ProfileUnavailable as exc:
             self.result.profile = {"trigger": trigger, "unavailable": str(exc)}

@@ -29,6 +29,18 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool =
     return [not any(dominates(other, point, higher_is_better) for other in points) for point in points]
 
 
+def _dominates_costs(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Whether cost vector ``a`` is no worse than ``b`` everywhere and better somewhere (lower wins)."""
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+
+def energy_per_inference(result: CaseResult) -> float | None:
+    """The case's measured joules per inference, or ``None`` where no counter measured it."""
+    energy = result.energy or {}
+    value = energy.get("joules_per_inference") if energy.get("measured") else None
+    return None if value is None else float(value)
+
+
 def metric_direction(accuracy: dict[str, Any]) -> str:
     """``"higher"`` or ``"lower"``: which way the task metric is better (results without it: higher)."""
     return "lower" if accuracy.get("metric_direction") == "lower" else "higher"
@@ -80,14 +92,24 @@ class Score:
         return value if self.higher_is_better else -value
 
     def front(self, cases: Sequence[CaseResult]) -> dict[str, bool]:
-        """case id -> on the Pareto frontier, for the timed and scored cases that did not crash."""
+        """case id -> on the Pareto frontier, for the timed and scored cases that did not crash.
+
+        Where every one of them has a measured energy per inference (perfgate.energy), energy is
+        a third axis: a case is then dominated only by one at least as fast, as good and as frugal.
+        """
         usable = [
-            (r.case_id, (r.latency.p50_ms, value))
+            (r, (r.latency.p50_ms, value))
             for r in cases
             if r.latency and (value := self.value(r)) is not None and r.status not in UNFINISHED
         ]
-        flags = pareto_front([point for _, point in usable], higher_is_better=self.higher_is_better)
-        return dict(zip([case_id for case_id, _ in usable], flags, strict=True))
+        energies = [energy_per_inference(r) for r, _ in usable]
+        if usable and all(e is not None for e in energies):
+            sign = 1.0 if self.higher_is_better else -1.0
+            costs = [(p[0], -sign * p[1], e) for (_, p), e in zip(usable, energies, strict=True)]
+            flags = [not any(_dominates_costs(o, c) for o in costs) for c in costs]
+        else:
+            flags = pareto_front([point for _, point in usable], higher_is_better=self.higher_is_better)
+        return dict(zip([r.case_id for r, _ in usable], flags, strict=True))
 
 
 AGREEMENT = Score("top-1 agreement", higher_is_better=True, task_metric=False)

@@ -118,6 +118,7 @@ OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--perf-trace-failures",), {"action": "store_true", "help": "profile each case whose regression is confirmed, under its backend's own profiler, and show in the report the operators whose time grew most against the baseline's profile (default: on under --benchmark-compare)"}),
     (("--perf-no-trace-failures",), {"action": "store_true", "help": "do not profile the cases that regressed (default: they are, under --benchmark-compare)"}),
     (("--perf-trace-case",), {"action": "append", "metavar": "ID", "help": "profile this case after it is timed (repeat it for several; default: none)"}),
+    (("--perf-energy-s",), {"type": float, "default": 1.0, "metavar": "SECONDS", "help": "seconds of each case's energy loop after its timing, where NVML (GPU) or RAPL (CPU) measures it; elsewhere the reason is reported at no cost; 0: do not measure (default: 1.0; docs/energy.md)"}),
     (("--perf-report",), {"metavar": "DIR", "help": "write results.json, report.md and a Pareto plot per model (pareto-MODEL.png/.svg, needs matplotlib) into DIR (default: no report)"}),
 ]
 DEFAULTS: dict[str, Any] = {_dest(names): attrs.get("default") for names, attrs in OPTIONS}

@@ -457,6 +457,31 @@ def _comparison_section(documents: Sequence[ResultsDocument]) -> list[str]:
     return lines
 
 
+ENERGY_COLUMNS = ("case", "runner", "source", "J/inference", "samples/J", "measured over")
+
+
+def _energy_section(documents: Sequence[ResultsDocument]) -> list[str]:
+    """Energy per inference where a counter measured it; elsewhere why not, once per reason."""
+    rows: list[list[str]] = []
+    reasons: Counter[tuple[str, str]] = Counter()
+    for doc in documents:
+        for r in doc.cases:
+            energy = r.energy or {}
+            if energy.get("measured"):
+                rows.append([f"`{r.case_id}`", doc.runner, f"{energy['source']} ({energy.get('scope')})",
+                             f"{energy['joules_per_inference']:.3g}", f"{energy['samples_per_joule']:.4g}",
+                             f"{energy['duration_s']:.2f} s, {energy['inferences']} samples"])  # fmt: skip
+            elif energy.get("reason"):
+                reasons[(doc.runner, energy["reason"])] += 1
+    if not rows and not reasons:
+        return []
+    lines = ["## Energy", ""]
+    if rows:
+        lines += [*markdown_table(ENERGY_COLUMNS, rows), "", "Measured by the counter named, in a loop of its own after timing; never estimated.", ""]  # fmt: skip
+    lines += [f"- Not measured on runner `{runner}` ({count} cases): {_md(reason)}" for (runner, reason), count in sorted(reasons.items())]  # fmt: skip
+    return [*lines, ""]
+
+
 GROWTH_COLUMNS = ("operator", "baseline us/call", "now us/call", "grew by us", "ratio")
 
 
@@ -745,6 +770,7 @@ def report_markdown(
     lines += _profile_section(documents)
     lines += _model_sections(documents, plots or {})
     lines += [legend(), ""]
+    lines += _energy_section(documents)
     return lines + _environment_section(documents) + _drift_section(documents)
 
 

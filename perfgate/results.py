@@ -133,6 +133,9 @@ class CaseResult:
     # ("failure", "request", "refresh"), the profiler, the calls, ``operators_us`` (us per call of
     # its slowest operators) and the profiler's ``files``; or ``unavailable`` with the reason.
     profile: dict[str, Any] | None = None
+    # Energy per inference (perfgate.energy): measured by a counter (``source`` nvml or rapl) in
+    # its own loop after timing, or ``source`` "unavailable" with the ``reason``.
+    energy: dict[str, Any] | None = None
 
     @classmethod
     def for_case(cls, case: Any, runner: str, nodeid: str) -> CaseResult:

@@ -75,6 +75,9 @@ class PerfgateSession:
     trace_failures: bool = False
     trace_cases: frozenset[str] = frozenset()
     profile_refresh: bool = False
+    # Seconds of each case's energy loop after its timing (perfgate.energy); 0: not measured.
+    energy_s: float = 0.0
+    _energy_counters: dict[str, Any] = field(default_factory=dict)
     counter: MatrixProgress = field(default_factory=MatrixProgress)
     _models: dict[str, LoadedModel] = field(default_factory=dict)
     _references: dict[str, np.ndarray] = field(default_factory=dict)
@@ -117,6 +120,14 @@ class PerfgateSession:
         except ValueError as exc:
             raise ModelLoadError(f"{where}: {spec.factory}: {exc}") from exc
         return LoadedModel(spec.name, model, data, key, kind=spec.kind)
+
+    def energy_counter(self, device: str) -> Any:
+        """The energy counter of ``device`` (perfgate.energy), or why there is none; found once."""
+        if device not in self._energy_counters:
+            from perfgate.energy import counter_for
+
+            self._energy_counters[device] = counter_for(device)
+        return self._energy_counters[device]
 
     def reference_outputs(self, model: LoadedModel) -> np.ndarray:
         """The reference backend's FP32 outputs on the whole eval set (torch eager for a torch model, the

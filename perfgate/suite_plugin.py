@@ -176,6 +176,9 @@ def _check_options(config: pytest.Config) -> None:
         )
     if option(config, "perf_trace_failures") and option(config, "perf_no_trace_failures"):
         raise pytest.UsageError("--perf-trace-failures and --perf-no-trace-failures contradict each other: pick one")
+    energy_s = option(config, "perf_energy_s")
+    if energy_s is not None and not (0 <= energy_s < float("inf")):
+        raise pytest.UsageError(f"--perf-energy-s {energy_s}: seconds >= 0 (0: do not measure energy)")
     repeats = option(config, "perf_repeats")
     if repeats is not None and repeats < 1:
         raise pytest.UsageError(f"--perf-repeats {repeats}: a case needs at least 1 session")
@@ -245,8 +248,14 @@ def perfgate_session(config: pytest.Config) -> PerfgateSession:
             trace_cases=frozenset(option(config, "perf_trace_case") or ()),
             # --perf-refresh-changed refreshes the failures, already profiled: no case pays for more.
             profile_refresh=bool(option(config, "perf_refresh_baselines") and not option(config, "perf_refresh_changed")),
+            energy_s=_energy_seconds(config),
         )
     return session
+
+
+def _energy_seconds(config: pytest.Config) -> float:
+    """The energy loop's seconds; none where timing is off (an accuracy-only run measures nothing)."""
+    return 0.0 if _timing_disabled(config) else float(option(config, "perf_energy_s") or 0.0)
 
 
 def _trace_failures(config: pytest.Config) -> bool:
