@@ -152,6 +152,20 @@ def test_shape_arithmetic_is_folded_and_imports(trained) -> None:
         (AVX512_VNNI, "x86_64", {"kind": "llvm", "mcpu": "x86-64-v4", "mattr": ["+avx512vnni"]}),
         (AVX512, "x86_64", {"kind": "llvm", "mcpu": "x86-64-v4"}),
         (AVX2, "x86_64", {"kind": "llvm", "mcpu": "x86-64-v3"}),
+        (
+            AVX2.rstrip() + " avx_vnni\n",
+            "x86_64",
+            {"kind": "llvm", "mcpu": "x86-64-v3", "mattr": ["+avxvnni"]},
+        ),
+        (
+            AVX512_VNNI.rstrip() + " avx512_bf16 amx_tile amx_int8 amx_bf16\n",
+            "x86_64",
+            {
+                "kind": "llvm",
+                "mcpu": "x86-64-v4",
+                "mattr": ["+avx512vnni", "+avx512bf16", "+amx-tile", "+amx-int8", "+amx-bf16"],
+            },
+        ),
         ("flags\t\t: fpu sse4_2\n", "x86_64", {"kind": "llvm", "mcpu": "x86-64-v2"}),
         (
             NEON_DOTPROD,
