@@ -16,6 +16,7 @@ This module is also the pytest plugin (``-p perfgate.optimize``) that draws the 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -345,6 +346,12 @@ def matrix_text(plan: Plan, directory: Path, command: str) -> str:
         "[timing]   # a quick look; perf/matrix.toml times 200 rounds and 0.5 s per case for baselines",
         *(f"{key} = {_toml(value)}" for key, value in QUICK_TIMING.items()),
         "",
+        "[accuracy]",
+        "# A variant whose technique changed nothing, or whose artifact is not smaller than FP32 (INT8 scales",
+        "# outweigh the weights of a small model), is flagged (!) instead of failed, so that it is still timed",
+        "# and plotted. Remove this line to make such a variant fail, as a CI gate should.",
+        "require_effect = false",
+        "",
         "[threads]   # one thread per session, as the reference suite; threads_tuned shows what more buy",
         "intra_op = 1",
         "inter_op = 1",
@@ -398,6 +405,11 @@ def within(result: CaseResult, score: Any, tolerance: float) -> bool:
         return False
     slack = tolerance * abs(reference)
     return value >= reference - slack if score.higher_is_better else value <= reference + slack
+
+
+def _ms(value: float) -> str:
+    """Milliseconds with three significant digits, never in exponent form."""
+    return f"{value:.{max(0, 2 - math.floor(math.log10(value)))}f}" if value > 0 else "0"
 
 
 def _p50(result: CaseResult) -> float:
@@ -459,7 +471,7 @@ def best_lines(cases: Sequence[CaseResult], reference_backend: str) -> list[str]
             continue
         speedup = f"{best.speedup:.2f}x" if best.speedup else "-"
         value = score.value(r)
-        shown = f"{score.header} {value:.4g}" if value is not None else "no score"
+        shown = f"{score.header} {value:.4f}" if value is not None else "no score"
         delta = score.delta(r)
         reference = reference_value(r, score)
         if delta is not None and reference:
@@ -468,7 +480,7 @@ def best_lines(cases: Sequence[CaseResult], reference_backend: str) -> list[str]
         size = f", {human_bytes(r.artifact_bytes)}" if r.artifact_bytes else ""
         lines.append(
             f"    {best.constraint + ':':<22} {r.technique} on {r.backend}, {speedup}  "
-            f"(p50 {r.latency.p50_ms:.4g} ms{size}, {shown})"
+            f"(p50 {_ms(r.latency.p50_ms)} ms{size}, {shown})"
         )
     return lines
 
@@ -484,6 +496,7 @@ class _Progress:
     current: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     outcome: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # case id -> the skip line's reason
     stream: IO[str] = sys.stderr
 
 
@@ -540,6 +553,8 @@ def pytest_runtest_logreport(report: Any) -> None:
     case = _case_id(report.nodeid)
     if report.failed or (report.skipped and case not in state.outcome):
         state.outcome[case] = "failed" if report.failed else "skipped"
+    if report.skipped and isinstance(report.longrepr, tuple):
+        state.skipped[case] = str(report.longrepr[2]).removeprefix("Skipped: ").removeprefix(f"{case}: ")
     if report.when == "teardown":
         outcome = state.outcome.setdefault(case, "passed")
         state.done += 1
@@ -548,12 +563,13 @@ def pytest_runtest_logreport(report: Any) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(stream: IO[str]) -> Iterator[None]:
-    """Draw the bar on ``stream`` for the run inside (``perfgate.run(..., pytest_args=["-p", "perfgate.optimize"])``)."""
+def progress_bar(stream: IO[str]) -> Iterator[_Progress]:
+    """Draw the bar on ``stream`` for the run inside (``perfgate.run(..., pytest_args=["-p", "perfgate.optimize"])``);
+    the state it yields keeps each case's outcome and the reasons of the skipped ones."""
     global _PROGRESS
     _PROGRESS = _Progress(stream=stream)
     try:
-        yield
+        yield _PROGRESS
     finally:
         _PROGRESS = None
 
@@ -593,6 +609,11 @@ def make_plan(request: Request, root: Path) -> Plan:
 
     :raises OptimizeError: anything that cannot be run, in one line.
     """
+    from perfgate.backends import BACKENDS
+    from perfgate.techniques import TECHNIQUES
+
+    _check_names(request.backends, BACKENDS, "--backends")  # before anything is imported or trained
+    _check_names(request.techniques, TECHNIQUES, "--techniques")
     extra = [folder.resolve() for folder in request.pythonpath]
     for folder in extra:
         if not folder.is_dir():
@@ -725,7 +746,7 @@ def optimize(request: Request, root: Path | None = None, stream: IO[str] | None 
         with (
             open(log, "w", encoding="utf-8") as held,
             contextlib.redirect_stdout(held),
-            progress_bar(sys.stderr),
+            progress_bar(sys.stderr) as bar,
         ):
             results = run(
                 matrix, report=directory, root=root, pytest_args=["-p", "perfgate.optimize", "-rfEs"]
@@ -733,9 +754,7 @@ def optimize(request: Request, root: Path | None = None, stream: IO[str] | None 
     except RunError as exc:
         raise OptimizeError(f"{exc} (pytest's output: {log})") from None
     print(
-        "\n".join(
-            summary_lines(results.cases, reference_backend(plan.kind), time.monotonic() - started, log)
-        ),
+        "\n".join(summary_lines(results.cases, bar.skipped, time.monotonic() - started, log)),
         file=out,
     )
     print("\n".join(terminal_lines(results.cases)), file=out)
@@ -746,17 +765,30 @@ def optimize(request: Request, root: Path | None = None, stream: IO[str] | None 
     return results.exit_code and 1
 
 
-def summary_lines(cases: Sequence[CaseResult], reference: str, seconds: float, log: Path) -> list[str]:
-    """How the run went, and each failed case's first line."""
-    counts: dict[str, int] = {}
+def summary_lines(
+    cases: Sequence[CaseResult], skipped: dict[str, str], seconds: float, log: Path
+) -> list[str]:
+    """How the run went: counts, then the failures and the skips grouped by what went wrong (a
+    technique that fails the same way on every backend and batch size is one line)."""
+    counts: dict[str, int] = {"skipped": len(skipped)} if skipped else {}
     for r in cases:
         counts[r.status] = counts.get(r.status, 0) + 1
     shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     lines = [
-        f"perfgate optimize: {len(cases)} cases in {seconds:.0f} s: {shown} (skipped ones and pytest's output: {log})"
+        f"perfgate optimize: {len(cases) + len(skipped)} cases in {seconds:.0f} s: {shown} (pytest's output: {log})"
     ]
+    groups: dict[tuple[str, str], list[str]] = {}
     for r in cases:
         if not passed(r):
-            why = r.error or "; ".join(v.message for v in r.verdicts if v.failed) or r.status
-            lines.append(f"  {r.status}: {r.case_id}: {why.splitlines()[0] if why else ''}")
+            failed = [v for v in r.verdicts if v.failed]
+            what = f"{r.status} {failed[0].gate}" if failed and not r.error else r.status
+            why = r.error or (failed[0].message if failed else r.status)
+            groups.setdefault((what, why.splitlines()[0].removeprefix(f"{r.case_id}: ")), []).append(
+                r.case_id
+            )
+    for case, reason in skipped.items():
+        groups.setdefault(("skipped", reason), []).append(case)
+    for (what, why), ids in groups.items():
+        more = f" (and {len(ids) - 1} more like it)" if len(ids) > 1 else ""
+        lines.append(f"  {what}: {ids[0]}{more}: {why}")
     return lines
