@@ -325,9 +325,25 @@ def _toml(value: Any) -> str:
     raise TypeError(f"no TOML for {type(value).__name__}")
 
 
+def _path_entry(folder: Path, directory: Path) -> str:
+    """A pythonpath entry for the matrix in ``directory``: relative where the two share a folder
+    below the root (they move together), else absolute."""
+    if os.path.commonpath([folder, directory]) == os.path.abspath(os.sep):
+        return folder.as_posix()
+    return Path(os.path.relpath(folder, directory)).as_posix()
+
+
+def grouped(items: Sequence[LeftOut]) -> list[tuple[str, str]]:
+    """``(names, reason)``: the names left out for one reason, joined, in first-seen order."""
+    by_reason: dict[str, list[str]] = {}
+    for item in items:
+        by_reason.setdefault(item.reason, []).append(item.name)
+    return [(", ".join(names), reason) for reason, names in by_reason.items()]
+
+
 def matrix_text(plan: Plan, directory: Path, command: str) -> str:
     """The matrix file of ``plan``, commented, with ``pythonpath`` relative to ``directory``."""
-    pythonpath = [Path(os.path.relpath(folder, directory.resolve())).as_posix() for folder in plan.pythonpath]
+    pythonpath = [_path_entry(folder, directory.resolve()) for folder in plan.pythonpath]
     model: dict[str, Any] = {"factory": plan.factory, "data": plan.data}
     model |= {"metric": plan.metric} if plan.metric else {}
     model |= {"metric_direction": plan.metric_direction} if plan.metric_direction else {}
@@ -340,7 +356,7 @@ def matrix_text(plan: Plan, directory: Path, command: str) -> str:
         "# folder beside the four-line test module of README.md (pytest --perf-matrix this file) and gate CI",
         "# with --perf-refresh-baselines / --benchmark-compare.",
         "",
-        f"pythonpath = {_toml(pythonpath)}   # relative to this file",
+        f"pythonpath = {_toml(pythonpath)}   # relative to this file where it shares a folder with it",
         f"batch_sizes = {_toml(plan.batch_sizes)}",
         "",
         "[timing]   # a quick look; perf/matrix.toml times 200 rounds and 0.5 s per case for baselines",
@@ -362,7 +378,7 @@ def matrix_text(plan: Plan, directory: Path, command: str) -> str:
     ]
     if plan.left_out:
         lines += ["# Left out on the machine that wrote this file:"]
-        lines += [f"#   {item.name}: {item.reason}" for item in plan.left_out]
+        lines += [f"#   {names}: {reason}" for names, reason in grouped(plan.left_out)]
         lines += [""]
     lines += [f"[techniques.{name}]" for name in plan.techniques] + [""]
     lines += [f"[backends.{name}]" for name in plan.backends]
@@ -705,10 +721,7 @@ def plan_lines(plan: Plan, cases: int, matrix: Path) -> list[str]:
     ]
     if plan.left_out:
         lines.append("  left out:")
-        grouped: dict[str, list[str]] = {}
-        for item in plan.left_out:
-            grouped.setdefault(item.reason, []).append(item.name)
-        lines += [f"    {', '.join(names)}: {reason}" for reason, names in grouped.items()]
+        lines += [f"    {names}: {reason}" for names, reason in grouped(plan.left_out)]
     lines.append(f"  {cases} cases (technique x backend x batch size that can exist): {matrix}")
     return lines
 
