@@ -477,7 +477,10 @@ def best_lines(cases: Sequence[CaseResult], reference_backend: str) -> list[str]
         f"much of fp32's; speedup over {reference_technique()} on {reference_backend} at the same batch size):"
     ]
     batch = None
-    for best in best_configurations(cases, reference_backend):
+    found = best_configurations(cases, reference_backend)
+    if not found:
+        lines.append("  none: no case was timed (see why above)")
+    for best in found:
         if best.batch_size != batch:
             batch = best.batch_size
             lines.append(f"  batch {batch}:")

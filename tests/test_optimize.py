@@ -14,7 +14,15 @@ import pytest
 from perfgate import cli
 from perfgate.gates import Verdict
 from perfgate.matrix import ALL_PROFILES, load_matrix
-from perfgate.optimize import Request, best_configurations, best_lines, choose_techniques, optimize
+from perfgate.optimize import (
+    Request,
+    best_configurations,
+    best_lines,
+    choose_techniques,
+    make_plan,
+    matrix_text,
+    optimize,
+)
 from perfgate.results import CaseResult, ResultsDocument
 from perfgate.stats import LatencyStats
 from tests.conftest import TESTS
@@ -156,8 +164,9 @@ def test_techniques_perfgate_cannot_fill_or_that_cost_too_much_are_left_out_with
 
 
 def test_a_pt_file_is_loaded_by_the_generated_factory(user_folder: Path) -> None:
-    """``--model file.pt``: the matrix names perfgate's loader with the file's path, and it loads
-    the whole module (torch.load with weights_only=False); a state_dict is refused with the fix."""
+    """``--model file.pt``: the matrix names perfgate's loader with the file's absolute path (a
+    matrix that loads), its kind found by loading it; the loader gives the whole module
+    (torch.load with weights_only=False); a state_dict is refused with the fix."""
     import torch
 
     from perfgate.optimize import load_pt
@@ -174,6 +183,25 @@ def test_a_pt_file_is_loaded_by_the_generated_factory(user_folder: Path) -> None
         options = {"path": str(user_folder / "mlp.pt")}
 
     assert isinstance(load_pt(Ctx()), TinyMLP)
+    request = Request(  # no kind given: found by loading the file
+        target=None,
+        model_file=Path("mlp.pt"),
+        data=f"{TINY}:blobs",
+        output=user_folder / "out",
+        techniques=["fp32"],
+        backends=["torch_cpu"],
+        batch_sizes=[1],
+        pythonpath=[TESTS],
+    )
+    plan = make_plan(request, user_folder)
+    assert (plan.model, plan.kind, plan.factory) == ("mlp", "torch", "perfgate.optimize:load_pt")
+    assert plan.options == {"path": str(user_folder / "mlp.pt")}
+    (user_folder / "matrix.toml").write_text(
+        matrix_text(plan, user_folder, "perfgate optimize --model mlp.pt")
+    )
+    matrix = load_matrix(user_folder / "matrix.toml")
+    assert [c.id for c in matrix.cases] == ["mlp-fp32-torch_cpu-b1"]
+    assert matrix.models["mlp"].options == {"path": str(user_folder / "mlp.pt")}
     Ctx.options = {"path": str(user_folder / "weights.pt")}
     with pytest.raises(TypeError, match=r"not a torch\.nn\.Module: save the whole module"):
         load_pt(Ctx())
