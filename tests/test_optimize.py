@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -289,7 +290,7 @@ def test_best_per_constraint_literal() -> None:
 def test_best_respects_a_lower_is_better_metric() -> None:
     """For MSE a smaller value is better: +0.5% MSE is within 1% and not within 0.1%; a lower MSE is
     within any constraint; a higher one beyond 1% is not."""
-    common = {"reference": 0.010, "metric_name": "mse", "direction": "lower"}
+    common: dict[str, Any] = {"reference": 0.010, "metric_name": "mse", "direction": "lower"}
     cases = [
         case("fp32", "torch_cpu", 1.0, 0.010, **common),
         case("fp16", "onnxruntime_cpu", 0.2, 0.0102, **common),  # +2%: beyond 1%
@@ -329,11 +330,12 @@ def test_plot_has_a_panel_per_batch_size_and_labels_apart() -> None:
 
     cases = crowded_cases()
     fig = draw_model("m", {"r1": cases}, backend_colours([ResultsDocument({"runner": "r1"}, cases)]))
+    assert fig is not None
     axes = fig.axes
     assert [ax.get_title() for ax in axes] == ["batch 1", "batch 32"]
     renderer = fig.canvas.get_renderer()
     for ax, batch in zip(axes, (1, 32), strict=True):
-        expected = sorted(r.latency.p50_ms for r in cases if r.batch_size == batch)
+        expected = sorted(r.latency.p50_ms for r in cases if r.batch_size == batch and r.latency)
         shown = sorted(
             x for coll in ax.collections for x, _ in coll.get_offsets() if coll.get_sizes()[0] > 20
         )
