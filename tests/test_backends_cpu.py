@@ -232,3 +232,12 @@ def test_litert_skip_pattern_matches_the_real_skip_line(monkeypatch: pytest.Monk
     assert fnmatch.fnmatch(line, LITERT_SKIP_LINE)
     # The unescaped pattern is what the e2e test had: "[edge]" is a class of one letter, so it fails.
     assert not fnmatch.fnmatch(line, LITERT_SKIP_LINE.replace("[[]", "["))
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_onnxruntime_calibrates_on_a_set_that_batches_unevenly(trained, method: str) -> None:
+    """100 calibration rows in batches of 32 end with a batch of 4: ONNX Runtime's histogram
+    calibrators stacked the batches and failed with "inhomogeneous shape" (a user's 124-row wine set)."""
+    calibration = Calibration(method=method, size=100)
+    outputs, reference, _ = run_backend("onnxruntime_cpu", make_request(trained, "int8_static", calibration))
+    assert float(np.mean(outputs.argmax(-1) == reference.argmax(-1))) >= 0.97

@@ -68,10 +68,16 @@ def quantize_static_onnx(request: BuildRequest, fp32: Path) -> CacheHit:
         }
         prepared = path.with_name("preprocessed.onnx")
         quant_pre_process(str(fp32), str(prepared))
+        batches = calibration.batches(request.data)
+        if calibration.method != "minmax" and len({len(batch) for batch in batches}) > 1:
+            # The histogram calibrators (entropy, percentile) stack every batch's outputs into one
+            # array, and a short last batch (124 rows in batches of 32) fails as "inhomogeneous";
+            # one batch holds the same rows, and they keep every batch's outputs in memory anyway.
+            batches = [np.concatenate(batches)]
         quantize_static(
             str(prepared),
             str(path),
-            _calibration_reader(calibration.batches(request.data)),
+            _calibration_reader(batches),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QInt8,
