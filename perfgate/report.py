@@ -635,10 +635,12 @@ def _model_sections(documents: Sequence[ResultsDocument], plots: dict[str, list[
     merged = len(documents) > 1
     for model, runners in _by_model(documents).items():
         lines += [f"## {model}", ""]
-        png = next((p for p in plots.get(model, []) if p.suffix == ".png"), None)
-        if png is not None:
-            score = model_score([r for cases in runners.values() for r in cases])
-            lines += [f"![{score.header} against p50 latency, {model}]({png.name})", ""]
+        pngs = [p for p in plots.get(model, []) if p.suffix == ".png"]
+        score = model_score([r for cases in runners.values() for r in cases])
+        for png in pngs:
+            # The latency chart, then (where energy was measured) the energy chart.
+            against = "energy per inference" if png.stem.endswith("-energy") else "p50 latency"
+            lines += [f"![{score.header} against {against}, {model}]({png.name})", ""]
         if merged:
             lines += ["### p50 latency by runner", "", *_runner_pivot(runners), ""]
         for runner, cases in runners.items():

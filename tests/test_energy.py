@@ -159,3 +159,26 @@ def test_measured_energy_is_a_third_pareto_axis() -> None:
     assert score.front([case("fast", 1.0, 0.1), case("slow", 2.0, 0.5)]) == {"fast": True, "slow": False}
     # One case without a measurement: energy is no axis at all (never half a comparison).
     assert score.front([case("fast", 1.0, 0.5), case("slow", 2.0, None)]) == {"fast": True, "slow": False}
+
+
+def test_the_report_shows_measured_energy_and_links_its_chart(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from perfgate.report import render
+    from perfgate.results import CaseResult, ResultsDocument
+    from perfgate.stats import LatencyStats
+
+    cases = []
+    for name, p50_ms, joules in (("m-fp32-torch_cpu-b1", 2.0, 0.004), ("m-fp32-onnxruntime_cpu-b1", 1.0, 0.001)):
+        technique, backend = name.split("-")[1:3]
+        result = CaseResult(name, "m", technique, backend, 1, "cpu", "r")
+        result.latency = LatencyStats.from_samples([p50_ms / 1e3] * 20, 1)
+        result.accuracy = {"metric": 0.9, "metric_name": "top1", "metric_direction": "higher", "metric_delta": 0.0,
+                           "fidelity": {"top1_agreement": 1.0}}  # fmt: skip
+        result.energy = EnergyReading("rapl", True, scope="CPU package", joules=joules * 1000, inferences=1000,
+                                      duration_s=1.0).to_dict()  # fmt: skip
+        cases.append(result)
+    written = render(tmp_path, [ResultsDocument({"runner": "r"}, cases)])
+    assert tmp_path / "pareto-m-energy.png" in written
+    report = (tmp_path / "report.md").read_text()
+    assert "![top1 against energy per inference, m](pareto-m-energy.png)" in report
+    assert "| `m-fp32-onnxruntime_cpu-b1` | r | rapl (CPU package) | 0.001 | 1000 | 1.00 s, 1000 samples |" in report
