@@ -47,6 +47,12 @@ class MatrixProgress:
         return text.rpartition(": ")[2] in STEPS
 
 
+# Libraries a model's factory may import that an extra of perfgate installs: the skip line names it.
+OPTIONAL_LIBRARIES = dict.fromkeys(
+    ("xgboost", "lightgbm", "skl2onnx", "onnxmltools"), "pip install 'perfgate[classical]'"
+)
+
+
 class ModelLoadError(RuntimeError):
     """A model's factory or data loader failed; the message names the model and the matrix file."""
 
@@ -103,12 +109,27 @@ class PerfgateSession:
         ctx = ModelContext(spec.name, data, self.cache, spec.options, self.progress)
         try:
             model = import_object(spec.factory)(ctx)
+        except ModuleNotFoundError as exc:
+            from perfgate.backends.base import module_installed, skip_case
+
+            if not exc.name or module_installed(exc.name):
+                raise ModelLoadError(f"{where}: factory {spec.factory} failed: {exc!r}") from exc
+            # A library the model needs is not installed: like a missing backend, its cases are
+            # skipped with the install line, not failed.
+            hint = OPTIONAL_LIBRARIES.get(exc.name.partition(".")[0], "install it")
+            skip_case(
+                f"{where}: its factory {spec.factory} needs {exc.name}, which is not installed ({hint})"
+            )
         except Exception as exc:
             raise ModelLoadError(f"{where}: factory {spec.factory} failed: {exc!r}") from exc
         kind = MODEL_KINDS[spec.kind]
         if not kind.accepts(model):
             other = [k for k in MODEL_KINDS.values() if k is not kind and k.accepts(model)]
-            fix = f'; if it is meant to be one, set kind = "{other[0].name}" in [models.{spec.name}]' if other else ""
+            fix = (
+                f'; if it is meant to be one, set kind = "{other[0].name}" in [models.{spec.name}]'
+                if other
+                else ""
+            )
             raise ModelLoadError(
                 f"{where}: {spec.factory} returned {type(model).__name__}, not {kind.returns}"
                 f" (kind = {spec.kind!r}){fix}"

@@ -267,7 +267,8 @@ def test_a_conversion_that_differs_from_the_estimator_fails_the_build(
     real = estimator_onnx.predict_outputs
     monkeypatch.setattr(estimator_onnx, "predict_outputs", lambda e, x: real(e, x)[:, ::-1].copy())
     with pytest.raises(
-        ExportMismatchError, match=r"m-none-b1: the ONNX conversion differs from the estimator by max abs .* on [0-9]+ of 169 eval rows"
+        ExportMismatchError,
+        match=r"m-none-b1: the ONNX conversion differs from the estimator by max abs .* on [0-9]+ of 169 eval rows",
     ):
         BACKENDS.get("onnxruntime_cpu").build(request_for(tmp_path, estimator, data))
 
@@ -465,3 +466,20 @@ def test_a_mismatch_names_its_likely_cause(rows: int, operators: list[str], caus
     assert cause in message
     if "float32" in cause:
         assert "raise [models.forest] export_tolerance atol above 0.03" in message
+
+
+def test_a_model_whose_library_is_not_installed_is_skipped_naming_it(
+    classical_project: pytest.Pytester,
+) -> None:
+    """Like a missing backend: the model's cases are skipped with the install line, not failed."""
+    matrix = classical_project.path / "perf" / "matrix.toml"
+    text = matrix.read_text().replace(
+        'factory = "tiny_estimators:tiny_xgboost"', 'factory = "tiny_estimators:needs_an_absent_library"'
+    )
+    matrix.write_text(text)
+    result = classical_project.runpytest("perf", "-k", "tiny_xgb and fp32 and b1", "-rs")
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines([
+        "*model 'tiny_xgb' in *matrix.toml: its factory tiny_estimators:needs_an_absent_library needs "
+        "perfgate_test_library_that_is_not_installed, which is not installed (install it)*"
+    ])  # fmt: skip

@@ -114,3 +114,9 @@ def unpicklable(ctx: ModelContext) -> Any:
 
     inputs, labels = ctx.data.training_split()
     return make_pipeline(FunctionTransformer(lambda x: x / 1000.0), LogisticRegression()).fit(inputs, labels)
+
+
+def needs_an_absent_library(ctx: ModelContext) -> Any:
+    import perfgate_test_library_that_is_not_installed  # noqa: F401
+
+    raise AssertionError("unreachable: the import above fails")
