@@ -50,6 +50,7 @@ from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings,
 from perfgate.backends.onnx_export import INPUT_NAME, export_onnx
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.hardware import cpu_cores, cpu_isa
+from perfgate.model_kinds import CLASSICAL, TORCH
 
 # The lowering of the tvm_tuned technique (perfgate/techniques/tvm_tuning.py; the two axes never
 # import each other), its option and the option's default.
@@ -467,6 +468,9 @@ class TvmCpuBackend(Backend):
     requires: ClassVar[tuple[str, ...]] = ("tvm", "onnx", "onnxruntime")  # ORT validates the export
     install_hint = "pip install 'perfgate[tvm]'"
     lowerings = frozenset({"none", TUNED_LOWERING})
+    # A classical estimator whose converted graph is standard ONNX (a scaled MLP); one with
+    # ai.onnx.ml operators (trees, linear models) is skipped at build, naming them.
+    model_kinds = frozenset({TORCH, CLASSICAL})
 
     def missing(self) -> str | None:
         """Why TVM cannot run here: not installed, or no C compiler to link its modules with."""
@@ -498,6 +502,10 @@ class TvmCpuBackend(Backend):
 
         target = self.target(request)
         steps = [export_onnx(request)]
+        if request.model_kind == CLASSICAL:
+            from perfgate.backends.estimator_onnx import require_standard_operators
+
+            require_standard_operators(request, steps[0].path, self.name)
         database = None
         if request.lowering == TUNED_LOWERING:
             trials = int(request.options.get(TRIALS_OPTION, DEFAULT_TRIALS))
