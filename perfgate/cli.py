@@ -99,10 +99,10 @@ def add_optimize_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     optimize.add_argument(
         "--model",
         type=Path,
-        metavar="FILE.pt",
-        help="a whole torch module saved with torch.save(model, path) instead of TARGET; loaded with "
-        "torch.load(weights_only=False), which runs code from the file: only files you trust (its class must "
-        "import: --pythonpath). ONNX files are not supported",
+        metavar="FILE",
+        help="instead of TARGET: an .onnx file (its reference is ONNX Runtime on the file), or a whole torch "
+        "module saved with torch.save(model, path) (.pt/.pth), loaded with torch.load(weights_only=False), "
+        "which runs code from the file: only files you trust (its class must import: --pythonpath)",
     )
     optimize.add_argument(
         "--data",
@@ -123,7 +123,7 @@ def add_optimize_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     optimize.add_argument(
         "--kind",
-        choices=("torch", "classical"),
+        choices=("torch", "classical", "onnx"),
         help="what the factory returns (default: found by calling it once; what it trains is cached)",
     )
     optimize.add_argument(
@@ -155,7 +155,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     from perfgate.optimize import OptimizeError, Request, optimize, parse_batch_sizes, split_names
 
     if (args.target is None) == (args.model is None):
-        raise CliError("optimize: give the model either as TARGET (MODULE:FUNCTION) or as --model FILE.pt")
+        raise CliError("optimize: give the model either as TARGET (MODULE:FUNCTION) or as --model FILE (.onnx, .pt)")
     try:
         request = Request(
             target=args.target,

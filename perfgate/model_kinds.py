@@ -1,11 +1,12 @@
-"""What a model of the matrix is: a torch module, or a classical estimator with scikit-learn's API.
+"""What a model of the matrix is: a torch module, a classical estimator, or an ONNX file.
 
-A model's kind (``kind = "classical"`` in its ``[models.NAME]`` table, ``"torch"`` by default)
-decides which backends and techniques can run it (each declares its ``model_kinds``; any other
-combination is never generated), what its factory must return, how its weights are fingerprinted
-and sized, and which backend computes the reference outputs every variant is judged against:
-torch eager for a torch module, the estimator's own ``predict_proba``/``predict`` for a classical
-one. Importing this module imports neither torch nor scikit-learn.
+A model's kind (``kind = "classical"`` or ``"onnx"`` in its ``[models.NAME]`` table, ``"torch"``
+by default) decides which backends and techniques can run it (each declares its
+``model_kinds``; any other combination is never generated), what its factory must return, how
+its weights are fingerprinted and sized, and which backend computes the reference outputs every
+variant is judged against: torch eager for a torch module, the estimator's own
+``predict_proba``/``predict`` for a classical one (scikit-learn's API), ONNX Runtime on the file
+itself for an ONNX file. Importing this module imports neither torch nor scikit-learn.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import contextlib
 import hashlib
 import inspect
 import io
+import os
 import pickle
 from dataclasses import dataclass
 from typing import Any
 
-TORCH, CLASSICAL = "torch", "classical"
+TORCH, CLASSICAL, ONNX = "torch", "classical", "onnx"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,31 @@ class ClassicalKind(ModelKind):
         return len(pickle.dumps(model, protocol=5))
 
 
+class OnnxKind(ModelKind):
+    """A model that exists only as an ONNX file: its factory returns the file's path. Its
+    reference is ONNX Runtime running the file as it is (``onnxruntime_cpu``, fp32)."""
+
+    def accepts(self, model: Any) -> bool:
+        from pathlib import Path
+
+        return isinstance(model, str | os.PathLike) and Path(model).suffix == ".onnx" and Path(model).is_file()
+
+    def fingerprint(self, model: Any) -> str:
+        """A hash of the file's bytes: another export of the model is another model."""
+        from pathlib import Path
+
+        digest = hashlib.sha256(b"onnx-file")
+        with Path(model).open("rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()[:20]
+
+    def weight_bytes(self, model: Any) -> int:
+        from pathlib import Path
+
+        return Path(model).stat().st_size
+
+
 MODEL_KINDS: dict[str, ModelKind] = {
     TORCH: TorchKind(TORCH, "a torch.nn.Module", reference_backend=None, marker=None),
     CLASSICAL: ClassicalKind(
@@ -106,4 +133,5 @@ MODEL_KINDS: dict[str, ModelKind] = {
         reference_backend="sklearn",
         marker="classical",
     ),
+    ONNX: OnnxKind(ONNX, "the path of an .onnx file", reference_backend="onnxruntime_cpu", marker=None),
 }

@@ -50,6 +50,7 @@ CONSTRAINTS: tuple[tuple[str, float | None, str], ...] = (
     ("smallest within 1%", 0.01, "size"),
 )
 PT_FACTORY = "perfgate.optimize:load_pt"
+ONNX_FACTORY = "perfgate.optimize:load_onnx"
 
 
 class OptimizeError(ValueError):
@@ -151,6 +152,12 @@ def load_pt(ctx: Any) -> Any:
             "(torch.save(model, path)); for a state_dict, write a factory that builds the module and loads it"
         )
     return model.eval()
+
+
+def load_onnx(ctx: Any) -> Path:
+    """The factory of ``perfgate optimize --model FILE.onnx``: the file's path (a ``kind = "onnx"``
+    model: ONNX Runtime on the file is its reference), from ``[models.X] options.path``."""
+    return Path(ctx.options["path"])
 
 
 # ---- the plan -----------------------------------------------------------------------------
@@ -654,7 +661,7 @@ def make_plan(request: Request, root: Path) -> Plan:
         folders.append(metric_folder)
     candidates = [*extra, Path.cwd()]
     for target in (factory, data, metric):
-        if target and ":" in target and target != PT_FACTORY:
+        if target and ":" in target and target not in (PT_FACTORY, ONNX_FACTORY):
             folders.append(module_folder(target, candidates))
     pythonpath = list(dict.fromkeys([*extra, *(f for f in folders if f is not None)]))
     for entry in reversed(pythonpath):
@@ -701,13 +708,12 @@ def _model_file(path: Path, options: dict[str, Any]) -> tuple[str, str]:
     if not path.is_file():
         raise OptimizeError(f"--model {path}: no such file")
     if path.suffix == ".onnx":
-        raise OptimizeError(
-            f"--model {path}: an ONNX file cannot be optimized yet: perfgate's reference is the model "
-            "in its own framework (torch, scikit-learn), and an ONNX file has none; pass the torch "
-            "module instead (MODULE:FACTORY, or a .pt saved with torch.save(model, path))"
-        )
+        options["path"] = str(path.resolve())
+        return path.stem, ONNX_FACTORY
     if path.suffix not in (".pt", ".pth"):
-        raise OptimizeError(f"--model {path}: expected a .pt/.pth file saved with torch.save(model, path)")
+        raise OptimizeError(
+            f"--model {path}: expected an .onnx file, or a .pt/.pth file saved with torch.save(model, path)"
+        )
     options["path"] = str(path.resolve())
     return path.stem, PT_FACTORY
 

@@ -112,12 +112,7 @@ def model_rows(results: Sequence[CaseResult]) -> dict[str, list[dict[str, Any]]]
 
 
 def _rows(group: Sequence[CaseResult], score: Score) -> list[dict[str, Any]]:
-    technique, backends = reference()  # one model's group holds its own kind's reference backend only
-    p50s = {
-        r.batch_size: r.latency.p50_ms
-        for r in group
-        if r.technique == technique and r.backend in backends and r.latency
-    }
+    p50s = _reference_p50s(group)
     front = score.front(group)
     rows = []
     for r in group:
@@ -146,6 +141,27 @@ def columns(score: Score) -> tuple[str, ...]:
     """The table's headers, in :data:`COLUMNS` order, the score's two named after it (``mse``, ``Δmse``)."""
     headed = {"acc": score.header, "Δacc": f"Δ{score.header}"}
     return tuple(headed.get(column, column) for column in COLUMNS)
+
+
+def _reference_p50s(group: Sequence[CaseResult]) -> dict[int, float]:
+    """batch size -> p50 of the model's reference case: fp32 on its kind's reference backend.
+
+    A results file written before cases recorded their model kind reads every case as torch: its
+    group then falls back to any kind's reference backend, the one it holds.
+    """
+    from perfgate.backends import reference_backend
+
+    technique, every = reference()
+    kinds = {r.model_kind for r in group}
+    for backends in ([reference_backend(kinds.pop())] if len(kinds) == 1 else [], every):
+        p50s = {
+            r.batch_size: r.latency.p50_ms
+            for r in group
+            if r.technique == technique and r.backend in backends and r.latency
+        }
+        if p50s:
+            return p50s
+    return {}
 
 
 def _cells(row: dict[str, Any]) -> dict[str, str]:

@@ -105,6 +105,9 @@ class CaseResult:
     device: str
     runner: str
     nodeid: str = ""
+    # What the model is (perfgate.model_kinds): which backend its speedup is over. Results written
+    # before it was stored read as "torch".
+    model_kind: str = "torch"
     status: str = "passed"  # passed | failed | error | crashed (see UNFINISHED)
     build_s: float | None = None
     build_cached: bool | None = None
@@ -149,6 +152,7 @@ class CaseResult:
             device=case.device,
             runner=runner,
             nodeid=nodeid,
+            model_kind=case.model.kind,
         )
 
     @property

@@ -148,7 +148,7 @@ def test_a_classical_model_gets_only_the_backends_and_techniques_that_run_it(tmp
     assert excluded["tiny_mlp-fp32-sklearn"] == "sklearn runs no torch model (it runs classical models)"
     assert excluded["tiny_xgb-fp32-torch_cpu"] == "torch_cpu runs no classical model (it runs torch models)"
     assert excluded["tiny_xgb-int8_static-onnxruntime_cpu"] == (
-        "int8_static applies to no classical model (only to torch models)"
+        "int8_static applies to no classical model (only to onnx models and torch models)"
     )
     markers = {case.id: case.markers for case in matrix.cases}
     assert "classical" in markers["tiny_xgb-fp32-onnxruntime_cpu-b1"]
@@ -370,7 +370,7 @@ def test_a_run_of_classical_models_judges_them_against_their_estimator(
             assert "| 1.00x |" in line, line  # the speedup is over the estimator itself
         else:
             assert "| 1.00x |" not in line and "| - |" not in line.split("|")[8], line
-    assert "speedup is over fp32 on torch_cpu (sklearn for classical models)" in report
+    assert "speedup is over fp32 on torch_cpu (sklearn for classical models; onnxruntime_cpu for onnx models)" in report
 
 
 def test_a_classical_variant_that_drifts_from_its_estimator_fails_its_gate(

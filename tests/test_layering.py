@@ -139,4 +139,4 @@ def test_naming_the_reference_imports_no_backend() -> None:
     report``) does not import torch to find it."""
     code = "import sys, perfgate.report as r; print(r.reference(), 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "('fp32', ('torch_cpu', 'sklearn')) False"
+    assert out.stdout.strip() == "('fp32', ('torch_cpu', 'sklearn', 'onnxruntime_cpu')) False"

@@ -125,14 +125,14 @@ def test_the_cli_runs_in_a_fresh_process(user_folder: Path) -> None:
         ([f"{TINY}:tiny_mlp", "--data", f"{TINY}:no_data"], "--data tiny_models:no_data: ValueError"),
         ([f"{TINY}:tiny_mlp", "--data", f"{TINY}:tiny_mlp"], "--data: calling it fails with TypeError"),
         ([f"{TINY}:tiny_mlp", "--data", f"{TINY}:blobs", "--batch-sizes", "1,0"], "--batch-sizes '1,0'"),
-        (["--model", "model.onnx", "--data", f"{TINY}:blobs"], "an ONNX file cannot be optimized yet"),
+        (["--model", "model.txt", "--data", f"{TINY}:blobs"], "expected an .onnx file, or a .pt/.pth file"),
         (["--data", f"{TINY}:blobs"], "give the model either as TARGET"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_without_traceback(
     user_folder: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
 ) -> None:
-    (user_folder / "model.onnx").write_bytes(b"not really")
+    (user_folder / "model.txt").write_bytes(b"not really")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["optimize", *arguments, "-o", "out"])
     assert exit_info.value.code == 2

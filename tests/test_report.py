@@ -476,7 +476,7 @@ def test_model_tables_are_keyed_by_column_name(monkeypatch: pytest.MonkeyPatch) 
 def test_the_speedup_reference_comes_from_the_registries(monkeypatch: pytest.MonkeyPatch) -> None:
     """The speedup is over the technique and the backend registered as the reference (fp32 on
     torch_cpu; a classical model's on its estimator), not over names written into the report."""
-    assert report.reference() == ("fp32", ("torch_cpu", "sklearn"))
+    assert report.reference() == ("fp32", ("torch_cpu", "sklearn", "onnxruntime_cpu"))
     monkeypatch.setattr(BACKENDS, "reference", "onnxruntime_cpu")
     cases = [make_case(), make_case(backend="onnxruntime_cpu", p50_ms=2.0)]
     rows = {row["case"]: row["speedup"] for row in model_rows(cases)["m"]}

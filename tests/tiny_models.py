@@ -196,3 +196,17 @@ class WidenedProbe(nn.Module):
 
 def probed_mlp(ctx: ModelContext) -> nn.Module:
     return WidenedProbe(tiny_mlp(ctx), int(os.environ.get("PERFGATE_TEST_PROBE_WIDTH", "64")))
+
+
+def tiny_mlp_onnx(ctx: ModelContext) -> str:
+    """A user's ONNX file (``kind = "onnx"``): the tiny MLP exported once with its own names
+    (``features`` -> ``logits``) and a fixed batch of 1, which perfgate renames and frees."""
+    path = ctx.cache.root / "user-files" / "tiny_mlp.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model = tiny_mlp(ctx)
+        example = torch.from_numpy(ctx.data.eval_inputs[:1])
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=False, input_names=["features"], output_names=["logits"]
+        )
+    return str(path)

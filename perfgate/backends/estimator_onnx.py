@@ -30,6 +30,7 @@ from perfgate.backends.onnx_export import (
     compare_export,
 )
 from perfgate.cache import CacheHit, stable_hash
+from perfgate.model_kinds import CLASSICAL
 
 # onnxmltools' XGBoost and LightGBM converters were written for opsets up to 15 (and ai.onnx.ml 3);
 # every graph gets the same, so a model's conversion does not depend on which library fitted it.
@@ -234,6 +235,11 @@ def ml_operators(path: Path) -> list[str]:
 QUANTIZABLE = frozenset({"MatMul", "Gemm", "Conv", "Attention", "LSTM", "GRU"})
 
 
+def _graph_of(request: BuildRequest) -> str:
+    """What the graph is, as a skip line names it."""
+    return "converted estimator" if request.model_kind == CLASSICAL else "model's ONNX file"
+
+
 def require_quantizable(request: BuildRequest, path: Path) -> None:
     """Skip a dynamic-INT8 case whose converted graph has no operator with weights to quantize:
     a tree ensemble or a linear model that converted to ai.onnx.ml operators.
@@ -248,7 +254,7 @@ def require_quantizable(request: BuildRequest, path: Path) -> None:
         model = request.case_id.split("-", 1)[0]
         operators = ", ".join(sorted({node.op_type for node in graph.node} - {"Identity"}))
         skip_case(
-            f"{request.case_id}: the converted estimator has no MatMul, Gemm or Conv whose weights INT8 "
+            f"{request.case_id}: the {_graph_of(request)} has no MatMul, Gemm or Conv whose weights INT8 "
             f"could quantize (its graph: {operators}); leave it out with [models.{model}] exclude = "
             f'["{request.lowering}"]'
         )
@@ -267,5 +273,5 @@ def require_standard_operators(request: BuildRequest, path: Path, backend: str) 
         model = request.case_id.split("-", 1)[0]
         skip_case(
             f"{request.case_id}: {backend} cannot import the ai.onnx.ml operators {', '.join(found)} of the "
-            f'converted estimator; leave it out with [models.{model}] exclude = ["{backend}"]'
+            f'{_graph_of(request)}; leave it out with [models.{model}] exclude = ["{backend}"]'
         )

@@ -16,7 +16,7 @@ import torch
 
 from perfgate.backends.base import BuildRequest
 from perfgate.cache import CacheHit, stable_hash
-from perfgate.model_kinds import CLASSICAL
+from perfgate.model_kinds import CLASSICAL, ONNX
 
 OPSET = 17
 # A fake-quant (QAT) model exports to Q/DQ pairs. Its float ops differ from torch's by ~1e-7, and a
@@ -56,12 +56,17 @@ def export_onnx(request: BuildRequest) -> CacheHit:
     """Export the request's model to ONNX with a dynamic batch axis, cached and validated.
 
     A classical estimator (``request.model_kind``) is converted by skl2onnx/onnxmltools instead
-    (perfgate.backends.estimator_onnx), to the same names, so every ONNX backend runs either.
+    (perfgate.backends.estimator_onnx), and an ONNX file is copied (perfgate.backends.onnx_file),
+    both to the same names, so every ONNX backend runs any of them.
     """
     if request.model_kind == CLASSICAL:
         from perfgate.backends.estimator_onnx import convert_estimator
 
         return convert_estimator(request)
+    if request.model_kind == ONNX:
+        from perfgate.backends.onnx_file import prepare_onnx_file
+
+        return prepare_onnx_file(request)
     tolerance = request.export_tolerance or ExportTolerance()
     key = stable_hash("onnx", request.model_key, OPSET, torch.__version__, asdict(tolerance))
 

@@ -11,7 +11,7 @@ import numpy as np
 from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings
 from perfgate.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
-from perfgate.model_kinds import CLASSICAL, TORCH
+from perfgate.model_kinds import CLASSICAL, ONNX, TORCH
 from perfgate.profiling import OperatorProfile, profiled_runs
 
 
@@ -263,12 +263,12 @@ class OnnxRuntimeCpuBackend(Backend):
     install_hint = "pip install 'perfgate[cpu]'"
     lowerings = frozenset(LOWERINGS)
     providers = ("CPUExecutionProvider",)
-    # A classical estimator's converted graph too (ai.onnx.ml operators included).
-    model_kinds = frozenset({TORCH, CLASSICAL})
+    # A classical estimator's converted graph too (ai.onnx.ml operators included), and an ONNX file.
+    model_kinds = frozenset({TORCH, CLASSICAL, ONNX})
 
     def build(self, request: BuildRequest) -> Artifact:
         steps = [export_onnx(request)]
-        if request.model_kind == CLASSICAL and request.lowering == "int8_dynamic":
+        if request.model_kind != TORCH and request.lowering == "int8_dynamic":
             from perfgate.backends.estimator_onnx import require_quantizable
 
             require_quantizable(request, steps[0].path)

@@ -47,7 +47,7 @@ from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings,
 from perfgate.backends.onnx_export import export_onnx
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.jsonio import dumps_stable
-from perfgate.model_kinds import CLASSICAL, TORCH
+from perfgate.model_kinds import CLASSICAL, ONNX, TORCH
 from perfgate.profiling import OperatorProfile, profiled_runs
 
 # Lowering -> the inference precision it asks of the CPU plugin.
@@ -306,7 +306,7 @@ class OpenVinoCpuBackend(Backend):
     lowerings = frozenset(PRECISIONS)
     # A classical estimator whose converted graph is standard ONNX (a scaled MLP); one with
     # ai.onnx.ml operators (trees, linear models) is skipped at build, naming them.
-    model_kinds = frozenset({TORCH, CLASSICAL})
+    model_kinds = frozenset({TORCH, CLASSICAL, ONNX})
     sessions: ClassVar[dict[str, type]] = {
         "LATENCY": OpenVinoLatencySession,
         "THROUGHPUT": OpenVinoThroughputSession,
@@ -333,7 +333,7 @@ class OpenVinoCpuBackend(Backend):
         if request.lowering == "int8_static":
             _require_nncf(request.case_id)
         onnx = export_onnx(request)
-        if request.model_kind == CLASSICAL:
+        if request.model_kind != TORCH:  # a converted estimator, or a user's ONNX file
             from perfgate.backends.estimator_onnx import require_standard_operators
 
             require_standard_operators(request, onnx.path, self.name)

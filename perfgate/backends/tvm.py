@@ -50,7 +50,7 @@ from perfgate.backends.base import Artifact, Backend, BuildRequest, RunSettings,
 from perfgate.backends.onnx_export import INPUT_NAME, export_onnx
 from perfgate.cache import CacheHit, dir_size_bytes, stable_hash
 from perfgate.hardware import cpu_cores, cpu_isa
-from perfgate.model_kinds import CLASSICAL, TORCH
+from perfgate.model_kinds import CLASSICAL, ONNX, TORCH
 
 # The lowering of the tvm_tuned technique (perfgate/techniques/tvm_tuning.py; the two axes never
 # import each other), its option and the option's default.
@@ -470,7 +470,7 @@ class TvmCpuBackend(Backend):
     lowerings = frozenset({"none", TUNED_LOWERING})
     # A classical estimator whose converted graph is standard ONNX (a scaled MLP); one with
     # ai.onnx.ml operators (trees, linear models) is skipped at build, naming them.
-    model_kinds = frozenset({TORCH, CLASSICAL})
+    model_kinds = frozenset({TORCH, CLASSICAL, ONNX})
 
     def missing(self) -> str | None:
         """Why TVM cannot run here: not installed, or no C compiler to link its modules with."""
@@ -502,7 +502,7 @@ class TvmCpuBackend(Backend):
 
         target = self.target(request)
         steps = [export_onnx(request)]
-        if request.model_kind == CLASSICAL:
+        if request.model_kind != TORCH:  # a converted estimator, or a user's ONNX file
             from perfgate.backends.estimator_onnx import require_standard_operators
 
             require_standard_operators(request, steps[0].path, self.name)

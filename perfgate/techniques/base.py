@@ -10,7 +10,7 @@ from perfgate.cache import ArtifactCache
 from perfgate.calibration import CALIBRATED_LOWERING, CALIBRATION_RULE, Calibration
 from perfgate.data import ModelData
 from perfgate.hardware import Hardware
-from perfgate.model_kinds import CLASSICAL, TORCH
+from perfgate.model_kinds import CLASSICAL, ONNX, TORCH
 from perfgate.validation import Rule, SettingError, boolean, check_table, integer
 
 # Options every technique takes: backends read them from the case's technique options
@@ -22,8 +22,10 @@ RUNTIME_OPTIONS: dict[str, Rule] = {
 }
 
 
-# What a technique declares when it applies to a classical estimator as well as a torch model.
-EVERY_KIND = frozenset({TORCH, CLASSICAL})
+# What a technique declares when it applies to every kind of model, or to torch models and ONNX
+# files (a lowering the ONNX backends apply to the graph itself: static INT8, FP16).
+EVERY_KIND = frozenset({TORCH, CLASSICAL, ONNX})
+GRAPH_KINDS = frozenset({TORCH, ONNX})
 
 
 class NotApplicable(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from perfgate.hardware import Hardware
-from perfgate.techniques.base import Technique
+from perfgate.techniques.base import GRAPH_KINDS, Technique
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ FP16 = ReducedPrecision(
     description="FP16 weights and compute, FP32 inputs and outputs",
     lowering="fp16",
     size_reducing=True,  # FP16 weights on every backend that lowers it (BF16 is a compute precision)
+    model_kinds=GRAPH_KINDS,  # ONNX Runtime and OpenVINO convert an ONNX file's graph too
     # An 11-bit mantissa: logits move by ~1e-3 relative, a prediction almost never.
     accuracy={"min_relative_metric": 0.99, "min_top1_agreement": 0.99, "min_sqnr_db": 35.0},
 )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from perfgate.cache import stable_hash
-from perfgate.techniques.base import EVERY_KIND, Technique, TransformContext
+from perfgate.techniques.base import EVERY_KIND, GRAPH_KINDS, Technique, TransformContext
 from perfgate.validation import Rule, integer, number
 
 # MLPerf's rule (keep 99% of FP32 top-1) stays the gate. Agreement and SQNR are floors that a
@@ -62,6 +62,7 @@ def _static(name: str, method: str) -> StaticInt8:
         name=name,
         description=f"static INT8 PTQ, {method} calibration on 256 training images, per-channel weights",
         default_options={"calibration": {"method": method, "size": 256}},
+        model_kinds=GRAPH_KINDS,  # ONNX Runtime and OpenVINO quantize an ONNX file's graph too
     )
 
 
