@@ -377,3 +377,41 @@ def test_energy_plot_only_where_energy_was_measured(tmp_path: Path) -> None:
     ]
     assert [p.name for p in written["n"]] == ["pareto-n.png", "pareto-n.svg"]
     assert "energy per inference (mJ)" in (tmp_path / "pareto-m-energy.svg").read_text()
+
+
+def test_an_onnx_file_is_optimized_against_onnx_runtime_on_it(user_folder: Path) -> None:
+    """``--model file.onnx``: a kind = "onnx" model whose reference is ONNX Runtime on the file (not
+    torch); its own names and fixed batch are renamed and freed, so batch 8 runs too."""
+    import torch
+
+    sys.path.insert(0, str(TESTS))
+    try:
+        from tiny_models import TinyMLP
+    finally:
+        sys.path.remove(str(TESTS))
+    example = torch.zeros(1, 16)
+    torch.onnx.export(
+        TinyMLP().eval(), (example,), str(user_folder / "mlp.onnx"), dynamo=False,
+        input_names=["features"], output_names=["logits"],
+    )  # fmt: skip
+    out = io.StringIO()
+    request = Request(
+        target=None,
+        model_file=Path("mlp.onnx"),
+        data=f"{TINY}:blobs",
+        output=user_folder / "out",
+        techniques=["fp32", "threads_tuned"],
+        backends=["onnxruntime_cpu"],
+        batch_sizes=[1, 8],
+        pythonpath=[TESTS],
+    )
+    assert optimize(request, stream=out) == 0
+    printed = out.getvalue()
+    assert "perfgate optimize: model mlp (onnx, factory perfgate.optimize:load_onnx)" in printed
+    assert "backends (1): onnxruntime_cpu" in printed  # the reference of an ONNX file
+    cases = json.loads((user_folder / "out" / "results.json").read_text())["cases"]
+    assert sorted(c["case_id"] for c in cases) == [
+        "mlp-fp32-onnxruntime_cpu-b1", "mlp-fp32-onnxruntime_cpu-b8",
+        "mlp-threads_tuned-onnxruntime_cpu-b1", "mlp-threads_tuned-onnxruntime_cpu-b8",
+    ]  # fmt: skip
+    assert {c["model_kind"] for c in cases} == {"onnx"}
