@@ -7,19 +7,27 @@ The artifact cache is shared across tests, so the tiny models train once per run
 
 from __future__ import annotations
 
-import os
-import textwrap
-from pathlib import Path
-
 # In-process pytester runs drop every module a run imported when it ends. Some cannot be imported
 # twice in one process: numpy's fft extension (scipy.stats imports it for the gate's test) and
 # torch._dynamo, which registers a torch op library (load_state_dict imports it lazily), and onnx,
 # whose second import aborts the process (SIGABRT, no message: its protobuf descriptors register
-# twice). They are imported once here, before any run, and stay.
+# twice), OpenVINO (a second import finds its native module half-registered: "No module named
+# 'openvino._pyopenvino.util'") and TVM (its FFI registry). They are imported once here, before
+# any run, and stay; an optional one only where it is installed.
+import contextlib
+import importlib
+import os
+import textwrap
+from pathlib import Path
+
 import onnx  # noqa: F401
 import pytest
 import scipy.stats  # noqa: F401
 import torch._dynamo  # noqa: F401
+
+for _optional in ("openvino", "tvm"):
+    with contextlib.suppress(ImportError):
+        importlib.import_module(_optional)
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TEST_FILE, TESTS
 from perfgate.matrix import load_matrix
 
 ONNX_MATRIX = """
@@ -42,6 +43,11 @@ batch_sizes = [1, 8]
 [backends.torch_cpu]
 [backends.onnxruntime_cpu]
 [backends.openvino_cpu]
+
+[[overrides]]
+match = "tiny_onnx-int8_static-openvino_cpu-*"
+accuracy = {{ require_effect = false }}
+reason = "a 16-64-4 MLP: the IR's quantize/dequantize nodes outweigh its INT8 weights"
 """
 
 
@@ -49,8 +55,6 @@ batch_sizes = [1, 8]
 def onnx_project(
     pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> pytest.Pytester:
-    from conftest import TEST_FILE, TESTS
-
     monkeypatch.setenv("PERFGATE_CACHE", str(shared_cache))
     monkeypatch.setenv("PERFGATE_RUNNER", "test-runner")
     (pytester.path / "perf").mkdir()

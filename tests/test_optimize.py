@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -390,10 +391,12 @@ def test_an_onnx_file_is_optimized_against_onnx_runtime_on_it(user_folder: Path)
     finally:
         sys.path.remove(str(TESTS))
     example = torch.zeros(1, 16)
-    torch.onnx.export(
-        TinyMLP().eval(), (example,), str(user_folder / "mlp.onnx"), dynamo=False,
-        input_names=["features"], output_names=["logits"],
-    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own deprecation notice
+        torch.onnx.export(
+            TinyMLP().eval(), (example,), str(user_folder / "mlp.onnx"), dynamo=False,
+            input_names=["features"], output_names=["logits"],
+        )  # fmt: skip
     out = io.StringIO()
     request = Request(
         target=None,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TEST_FILE, TESTS
 from perfgate.backends import BACKENDS
 from perfgate.baselines import BaselineError, load_baseline
 from perfgate.profiling import OTHER, OperatorProfile, ProfileUnavailable, growth, growth_lines
@@ -120,8 +121,6 @@ def test_a_backend_without_a_profiler_says_so(backend: str, reason: str, tmp_pat
 def probe_project(
     pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> pytest.Pytester:
-    from conftest import TEST_FILE, TESTS
-
     monkeypatch.setenv("PERFGATE_CACHE", str(shared_cache))
     monkeypatch.setenv("PERFGATE_RUNNER", "test-runner")
     monkeypatch.delenv("PERFGATE_TEST_PROBE_WIDTH", raising=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -206,7 +207,9 @@ def tiny_mlp_onnx(ctx: ModelContext) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         model = tiny_mlp(ctx)
         example = torch.from_numpy(ctx.data.eval_inputs[:1])
-        torch.onnx.export(
-            model, (example,), str(path), dynamo=False, input_names=["features"], output_names=["logits"]
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own deprecation notice
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=False, input_names=["features"], output_names=["logits"]
+            )
     return str(path)
