@@ -478,8 +478,16 @@ def _frame(ax: Any, points: Sequence[PlotPoint], axis: XAxis, batch: int) -> Non
     """One panel's horizontal limits with room for labels, its axis label with the unit, grid and title."""
     xs = [p.x for p in points]
     if wants_log_x(xs):
+        from matplotlib import ticker
+
         ax.set_xscale("log")
         ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
+        # Plain numbers at 1, 2 and 5 of each decade: matplotlib's default labels every minor
+        # tick of a range under two decades in scientific notation, and they run into each other.
+        plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(plain)
     else:
         pad = (max(xs) - min(xs)) * 0.15 or max(xs) * 0.2
         ax.set_xlim(max(0.0, min(xs) - pad), max(xs) + pad)

@@ -512,6 +512,34 @@ def test_plot_labels_do_not_overlap(tmp_path: Path) -> None:
     assert not overlapping
 
 
+def test_a_log_latency_axis_labels_plain_numbers_apart() -> None:
+    """Latencies spanning 10x get a log axis whose tick labels are plain numbers (0.02, 0.05, 0.1),
+    never overlapping: matplotlib's default put "2x10^-2 3x10^-2 4x10^-2" into each other."""
+    pytest.importorskip("matplotlib")
+    from perfgate.plot import backend_colours, draw_model
+
+    cases = [
+        make_case(technique=f"t{i}", p50_ms=p50, metric=0.9) for i, p50 in enumerate((0.02, 0.03, 0.07, 0.2))
+    ]
+    fig = draw_model("m", {"r1": cases}, backend_colours([ResultsDocument({"runner": "r1"}, cases)]))
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    renderer = fig.canvas.get_renderer()
+    labels = [
+        t
+        for t in ax.get_xticklabels(minor=False) + ax.get_xticklabels(minor=True)
+        if t.get_text() and t.get_visible()
+    ]
+    lo, hi = ax.get_xlim()
+    shown = [t for t in labels if lo <= t.get_position()[0] <= hi]
+    assert {t.get_text() for t in shown} >= {"0.02", "0.05", "0.1"}
+    for t in shown:
+        float(t.get_text())  # a plain number, no scientific notation
+    boxes = [t.get_window_extent(renderer) for t in shown]
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :] if a.overlaps(b)]
+
+
 def test_plot_names_the_metric_and_its_direction() -> None:
     """The score axis names the metric and says which way is better (the top1 fraction wording only
     for top1), and the title names the metric."""
