@@ -32,7 +32,8 @@ for _optional in ("openvino", "tvm"):
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 
-TINY_MATRIX = """
+# What every test matrix starts with: the tests folder on the path, rounds and a threshold for tests.
+MATRIX_HEADER = """
 pythonpath = ["{tests}"]
 batch_sizes = [1]
 
@@ -48,7 +49,9 @@ warmup_time_s = 0.0
 min_rounds = 30
 min_time_s = 0.05
 
-[models.tiny_mlp]
+"""
+
+TINY_MATRIX = MATRIX_HEADER + """[models.tiny_mlp]
 factory = "tiny_models:tiny_mlp"
 data = "tiny_models:blobs"
 metric = "top1"
@@ -110,11 +113,19 @@ def perf_project(
     pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> pytest.Pytester:
     """A pytester project with the tiny matrix at perf/matrix.toml and the standard test file."""
+    return write_project(pytester, shared_cache, monkeypatch, TINY_MATRIX)
+
+
+def write_project(
+    pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch, matrix: str
+) -> pytest.Pytester:
+    """A pytester project with ``matrix`` (``{tests}`` filled in) at perf/matrix.toml, the standard
+    test file, the shared artifact cache and a fixed runner id."""
     monkeypatch.setenv("PERFGATE_CACHE", str(shared_cache))
     monkeypatch.setenv("PERFGATE_RUNNER", "test-runner")
     monkeypatch.delenv("PERFGATE_PROFILE", raising=False)
     (pytester.path / "perf").mkdir()
-    (pytester.path / "perf" / "matrix.toml").write_text(TINY_MATRIX.format(tests=TESTS.as_posix()))
+    (pytester.path / "perf" / "matrix.toml").write_text(matrix.format(tests=TESTS.as_posix()))
     (pytester.path / "perf" / "test_inference.py").write_text(textwrap.dedent(TEST_FILE))
     pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:anyio\n")
     return pytester

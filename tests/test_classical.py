@@ -3,7 +3,6 @@ conversion to ONNX, the regression metrics, and a whole run, with the real libra
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from tiny_estimators import (
     tiny_xgboost,
 )
 
-from conftest import TESTS
+from conftest import MATRIX_HEADER, TESTS, write_project
 from perfgate.accuracy import MetricError, mae, mse, r2
 from perfgate.backends import BACKENDS, BuildRequest, RunSettings, predict
 from perfgate.backends.estimator_onnx import ConversionError, predict_outputs
@@ -36,22 +35,10 @@ from perfgate.matrix import MatrixError, load_matrix
 from perfgate.model_kinds import CLASSICAL, MODEL_KINDS
 from perfgate.models import ModelContext
 
-CLASSICAL_MATRIX = """
-pythonpath = ["{tests}"]
-batch_sizes = [1]
-
+CLASSICAL_MATRIX = MATRIX_HEADER + """
 [threads]
 intra_op = 1
 inter_op = 1
-
-[regression]
-threshold = 1.0
-
-[timing]
-warmup_rounds = 5
-warmup_time_s = 0.0
-min_rounds = 30
-min_time_s = 0.05
 
 [models.tiny_mlp]
 factory = "tiny_models:tiny_mlp"
@@ -342,14 +329,8 @@ def test_case(perf_case, benchmark):
 def classical_project(
     pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> pytest.Pytester:
-    monkeypatch.setenv("PERFGATE_CACHE", str(shared_cache))
-    monkeypatch.setenv("PERFGATE_RUNNER", "test-runner")
-    (pytester.path / "perf").mkdir()
     text = CLASSICAL_MATRIX.replace("[models.tiny_mlp]\n", '[models.tiny_mlp]\nexclude = ["int8_static"]\n')
-    write_matrix(pytester.path / "perf", text)
-    (pytester.path / "perf" / "test_inference.py").write_text(textwrap.dedent(TEST_FILE))
-    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:anyio\n")
-    return pytester
+    return write_project(pytester, shared_cache, monkeypatch, text)
 
 
 def test_a_run_of_classical_models_judges_them_against_their_estimator(

@@ -9,24 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_FILE, TESTS
+from conftest import MATRIX_HEADER, write_project
 from perfgate.matrix import load_matrix
 
-ONNX_MATRIX = """
-pythonpath = ["{tests}"]
-
+ONNX_MATRIX = MATRIX_HEADER + """
 [threads]
 intra_op = 1
 inter_op = 1
-
-[regression]
-threshold = 1.0
-
-[timing]
-warmup_rounds = 5
-warmup_time_s = 0.0
-min_rounds = 30
-min_time_s = 0.05
 
 [models.tiny_onnx]
 kind = "onnx"
@@ -55,13 +44,7 @@ reason = "a 16-64-4 MLP: the IR's quantize/dequantize nodes outweigh its INT8 we
 def onnx_project(
     pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> pytest.Pytester:
-    monkeypatch.setenv("PERFGATE_CACHE", str(shared_cache))
-    monkeypatch.setenv("PERFGATE_RUNNER", "test-runner")
-    (pytester.path / "perf").mkdir()
-    (pytester.path / "perf" / "matrix.toml").write_text(ONNX_MATRIX.format(tests=TESTS.as_posix()))
-    (pytester.path / "perf" / "test_inference.py").write_text(TEST_FILE)
-    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:anyio\n")
-    return pytester
+    return write_project(pytester, shared_cache, monkeypatch, ONNX_MATRIX)
 
 
 def test_an_onnx_file_gets_the_graph_backends_and_techniques(onnx_project: pytest.Pytester) -> None:

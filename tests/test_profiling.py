@@ -8,26 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_FILE, TESTS
+from conftest import MATRIX_HEADER, write_project
 from perfgate.backends import BACKENDS
 from perfgate.baselines import BaselineError, load_baseline
 from perfgate.profiling import OTHER, OperatorProfile, ProfileUnavailable, growth, growth_lines
 
-PROBE_MATRIX = """
-pythonpath = ["{tests}"]
-
+PROBE_MATRIX = MATRIX_HEADER + """
 [threads]
 intra_op = 1
 inter_op = 1
-
-[regression]
-threshold = 1.0
-
-[timing]
-warmup_rounds = 5
-warmup_time_s = 0.0
-min_rounds = 30
-min_time_s = 0.05
 
 [models.probed_mlp]
 factory = "tiny_models:probed_mlp"
@@ -121,14 +110,8 @@ def test_a_backend_without_a_profiler_says_so(backend: str, reason: str, tmp_pat
 def probe_project(
     pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> pytest.Pytester:
-    monkeypatch.setenv("PERFGATE_CACHE", str(shared_cache))
-    monkeypatch.setenv("PERFGATE_RUNNER", "test-runner")
     monkeypatch.delenv("PERFGATE_TEST_PROBE_WIDTH", raising=False)
-    (pytester.path / "perf").mkdir()
-    (pytester.path / "perf" / "matrix.toml").write_text(PROBE_MATRIX.format(tests=TESTS.as_posix()))
-    (pytester.path / "perf" / "test_inference.py").write_text(TEST_FILE)
-    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:anyio\n")
-    return pytester
+    return write_project(pytester, shared_cache, monkeypatch, PROBE_MATRIX)
 
 
 def test_a_regression_names_the_operator_that_slowed(
